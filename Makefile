@@ -1,0 +1,39 @@
+# Two commands set up and exercise a fresh machine:
+#   make demo   - builds a tiny random LLaVA-1.5 and runs the evaluation pipeline end to end (CPU, < 3 min)
+#   make test   - runs the test suite
+# Both install what they need first (a virtual environment in .venv).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch is pinned to the build this project is tested against. On a GPU machine, create .venv and
+# install your CUDA build of torch 2.13 into it first; `make install` then keeps it.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e ".[video,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m llava.demo --out demo_out
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf demo_out .pytest_cache

@@ -1,0 +1,1 @@
+"""Built-in methods. Importing this package registers every method with the registry."""

@@ -1,0 +1,209 @@
+"""Method registry: a method name -> its config dataclass and the stage(s) where it acts.
+
+A method is a :class:`MethodConfig` subclass (validated fields, one CLI flag per field) plus the
+stage functions it needs. The registry knows nothing about models; integration layers (one per model
+family, under ``llava/model/``) look a method up here and call its stage functions.
+
+Stages (see ``../shared/ARCHITECTURE.md``):
+
+* ``Stage.VISION_ENCODER`` - between vision-encoder layers (ToMe, FiCoCo-V).
+* ``Stage.PRE_LLM``        - between the vision features and the projector (FasterVLM, VTC-CLS, ...).
+* ``Stage.LLM``            - between decoder layers of the language model (FastV, PyramidDrop, ...).
+
+CLI flags: each config field may carry ``metadata={"flag": "--visual-token-num", "help": ...}``.
+Several methods may share a flag (same field name, same type); :func:`add_method_arguments` adds each
+flag once with default ``None`` so that a method's own default applies when the flag is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+
+class CompressionConfigError(ValueError):
+    """An invalid method name or method argument. Raised before any model work starts."""
+
+
+class Stage(str, Enum):
+    VISION_ENCODER = "vision_encoder"
+    PRE_LLM = "pre_llm"
+    LLM = "llm"
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a config needs to know about a model to validate itself.
+
+    num_patches: visual tokens one image gives the LLM without compression (576 for LLaVA-1.5).
+    grid: (rows, cols) of the patch grid (24, 24 for CLIP-L/336).
+    vision_layers: number of vision-encoder layers (24 for CLIP-L).
+    llm_layers: number of decoder layers of the language model (32 for 7B).
+    vision_feature_layer: the vision layer whose hidden states feed the projector (-2).
+    """
+
+    num_patches: int = 576
+    grid: tuple[int, int] = (24, 24)
+    vision_layers: int = 24
+    llm_layers: int = 32
+    vision_feature_layer: int = -2
+
+
+@dataclass
+class MethodConfig:
+    """Base class of every method config. Subclasses are dataclasses with validated fields."""
+
+    name: ClassVar[str] = "none"
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        """Raise :class:`CompressionConfigError` when an argument cannot work on ``geometry``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The method's arguments, JSON-serialisable (recorded in every answer's metadata)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass
+class NoCompression(MethodConfig):
+    """The unmodified model."""
+
+    name: ClassVar[str] = "none"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    config_cls: type[MethodConfig]
+    stages: tuple[Stage, ...]
+    summary: str
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method at import time of its module. Names are case-insensitive."""
+    key = spec.name.lower()
+    if key in _METHODS or key in _ALIASES:
+        raise RuntimeError(f"compression method {spec.name!r} registered twice")
+    _METHODS[key] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias.lower()] = key
+    return spec
+
+
+register(MethodSpec("none", NoCompression, (), "unmodified model (all visual tokens)", aliases=("baseline",)))
+
+
+def available_methods() -> list[str]:
+    """Registered method names (aliases excluded), sorted."""
+    _load_builtin_methods()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """Look a method up by name or alias; unknown names raise a clear error listing the choices."""
+    _load_builtin_methods()
+    key = name.lower()
+    key = _ALIASES.get(key, key)
+    if key not in _METHODS:
+        raise CompressionConfigError(
+            f"unknown compression method {name!r}; choose one of: {', '.join(available_methods())} "
+            "(or 'baseline' for the unmodified model)"
+        )
+    return _METHODS[key]
+
+
+def make_config(name: str, geometry: ModelGeometry | None = None, **kwargs: Any) -> MethodConfig:
+    """Build and validate a method config from keyword arguments (``None`` values mean "default").
+
+    Unknown keyword arguments raise :class:`CompressionConfigError` naming the method's valid ones.
+    """
+    spec = get_method(name)
+    valid = {f.name for f in dataclasses.fields(spec.config_cls)}
+    given = {k.replace("-", "_"): v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(given) - valid)
+    if unknown:
+        raise CompressionConfigError(
+            f"method {spec.name!r} takes no argument(s) {unknown}; its arguments are {sorted(valid) or 'none'}"
+        )
+    try:
+        config = spec.config_cls(**given)
+    except (TypeError, ValueError) as err:
+        raise CompressionConfigError(f"method {spec.name!r}: {err}") from None
+    config.validate(geometry or ModelGeometry())
+    return config
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--method`` and every registered method's flags (each flag once, default ``None``)."""
+    _load_builtin_methods()
+    group = parser.add_argument_group("visual token compression")
+    group.add_argument(
+        "--method",
+        default="none",
+        help=f"compression method: {', '.join(available_methods())} (default: none = unmodified model)",
+    )
+    seen: dict[str, tuple[str, Any]] = {}
+    for spec in _METHODS.values():
+        for f in dataclasses.fields(spec.config_cls):
+            flag = f.metadata.get("flag")
+            if not flag:
+                continue
+            ftype = f.metadata.get("type", _field_type(f))
+            if flag in seen:
+                if seen[flag] != (f.name, ftype):
+                    raise RuntimeError(f"flag {flag} declared with different meanings by several methods")
+                continue
+            seen[flag] = (f.name, ftype)
+            kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f.metadata.get("help")}
+            if ftype is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = ftype
+                if "choices" in f.metadata:
+                    kwargs["choices"] = f.metadata["choices"]
+            group.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace, geometry: ModelGeometry | None = None) -> MethodConfig:
+    """The validated config of ``args.method`` built from the parsed CLI flags.
+
+    Flags that belong to other methods are ignored unless set, in which case they raise (a flag the
+    chosen method does not use is almost always a typo in a script).
+    """
+    spec = get_method(args.method)
+    own = {f.name for f in dataclasses.fields(spec.config_cls)}
+    values: dict[str, Any] = {}
+    foreign: list[str] = []
+    for other in _METHODS.values():
+        for f in dataclasses.fields(other.config_cls):
+            if not f.metadata.get("flag") or getattr(args, f.name, None) is None:
+                continue
+            if f.name in own:
+                values[f.name] = getattr(args, f.name)
+            else:
+                foreign.append(f.metadata["flag"])
+    if foreign:
+        raise CompressionConfigError(
+            f"method {spec.name!r} does not use {', '.join(sorted(set(foreign)))}; "
+            f"remove the flag(s) or choose a method that takes them"
+        )
+    return make_config(spec.name, geometry, **values)
+
+
+def _field_type(f: dataclasses.Field) -> Any:
+    t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}.get(
+        f.type.split("|")[0].strip(), str
+    )
+    return t
+
+
+def _load_builtin_methods() -> None:
+    """Import the modules that register the built-in methods (idempotent)."""
+    from llava.compression import methods  # noqa: F401
