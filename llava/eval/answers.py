@@ -1,0 +1,81 @@
+"""Answer files: appended and flushed per record, resumable by question id."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+class AnswerWriter:
+    """Appends answer records (JSON lines) to ``path``.
+
+    On open it reads the records already there, so a rerun skips answered questions. A last line cut
+    short by a killed run is dropped (and reported); earlier lines must be valid JSON.
+
+    Args:
+        overwrite: start a fresh file instead of resuming.
+        retry_errors: drop records whose ``metadata`` holds an ``error`` (written with
+            ``--skip-bad-inputs``) so those questions run again.
+    """
+
+    def __init__(self, path: str, overwrite: bool = False, retry_errors: bool = False):
+        self.path = path
+        self.dropped_partial_line = False
+        self.records: list[dict[str, Any]] = []
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if overwrite or not os.path.exists(path):
+            open(path, "w").close()
+        else:
+            self._read_existing(retry_errors)
+        self.answered = {self.key(r.get("question_id")) for r in self.records}
+        self._file = open(path, "a", encoding="utf-8")
+
+    @staticmethod
+    def key(question_id: Any) -> str:
+        return json.dumps(question_id)
+
+    def _read_existing(self, retry_errors: bool) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+        complete, rewrite = [], False
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if i >= len(lines) - 2:  # the last line: an interrupted write
+                    self.dropped_partial_line, rewrite = True, True
+                    continue
+                raise ValueError(
+                    f"{self.path}, line {i + 1} is not valid JSON; fix or delete it, or rerun with --overwrite"
+                ) from None
+            if retry_errors and isinstance(rec.get("metadata"), dict) and rec["metadata"].get("error"):
+                rewrite = True
+                continue
+            complete.append(rec)
+        self.records = complete
+        if rewrite:
+            tmp = self.path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                for rec in complete:
+                    f.write(json.dumps(rec) + "\n")
+            os.replace(tmp, self.path)
+
+    def is_answered(self, question_id: Any) -> bool:
+        return self.key(question_id) in self.answered
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self.answered.add(self.key(record.get("question_id")))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> AnswerWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,158 @@
+"""The shared evaluation loop behind every ``llava.eval.model_vqa*`` entry point.
+
+Arguments are validated (method flags against the checkpoint's geometry, question file, chunk) before the
+model loads. Answers are appended and flushed per record; a rerun of the same command skips question ids
+already in the answer file (``--overwrite`` starts fresh). A bad image stops the run with a message naming
+the question and the file, or, with ``--skip-bad-inputs``, is recorded in that answer's ``metadata.error``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+
+import shortuuid
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from llava.compression.registry import CompressionConfigError, add_method_arguments, config_from_args
+from llava.eval.answers import AnswerWriter
+from llava.eval.inference import GenerationSettings, LlavaGenerator
+from llava.eval.questions import EvalItem, QuestionFileError, get_chunk
+from llava.mm_utils import BadInputError, load_image
+from llava.model.builder import get_model_name_from_path, load_pretrained_model, read_model_geometry
+from llava.model.original_layout import CheckpointError
+
+USER_ERRORS = (CheckpointError, QuestionFileError, BadInputError, CompressionConfigError, ValueError, FileNotFoundError)
+
+
+def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentParser:
+    """The research repos' flags plus batching, resuming and compression flags."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model-path", required=True, help="local checkpoint folder (llava-hf or original layout)")
+    p.add_argument("--model-base", default=None, help="base model for partial (e.g. projector-only) checkpoints")
+    p.add_argument("--vision-tower", default=None, help="local CLIP folder overriding mm_vision_tower")
+    p.add_argument("--question-file", required=True)
+    p.add_argument("--image-folder", default="")
+    p.add_argument("--answers-file", required=True)
+    p.add_argument("--conv-mode", default="vicuna_v1")
+    p.add_argument("--num-chunks", type=int, default=1)
+    p.add_argument("--chunk-idx", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the evaluation setting)")
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0) and random methods")
+    p.add_argument("--batch-size", type=int, default=1, help="questions per generate() call (left padding)")
+    p.add_argument("--num-workers", type=int, default=2, help="image-loading worker processes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU) | float16 | bfloat16 | float32")
+    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
+    p.add_argument("--overwrite", action="store_true", help="start a fresh answers file instead of resuming")
+    p.add_argument("--skip-bad-inputs", action="store_true",
+                   help="record unreadable images in the answer's metadata.error and go on")
+    p.add_argument("--retry-errors", action="store_true", help="rerun questions recorded with an error")
+    p.add_argument("--save-kept-tokens", action="store_true", help="record kept_indices in each answer's metadata")
+    add_method_arguments(p)
+    return p
+
+
+class _ItemImages(Dataset):
+    """Loads and preprocesses each item's image in DataLoader workers; errors travel as values."""
+
+    def __init__(self, items: list[EvalItem], image_processor):
+        self.items, self.image_processor = items, image_processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        if item.image_path is None:
+            return index, None, None
+        try:
+            image = load_image(item.image_path, convert_rgb=item.convert_rgb)
+            pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        except BadInputError as err:
+            return index, None, f"question {item.question_id!r}: {err}"
+        return index, pixels, None
+
+
+def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> None:
+    """Validate, resume, load, generate, append. Raises USER_ERRORS subclasses for bad input."""
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.num_beams)
+    settings.validate()
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    method = config_from_args(args, read_model_geometry(args.model_path, args.vision_tower))
+    items = get_chunk(load_items(), args.num_chunks, args.chunk_idx)
+    writer = AnswerWriter(args.answers_file, overwrite=args.overwrite, retry_errors=args.retry_errors)
+    if writer.dropped_partial_line:
+        print(f"note: dropped an incomplete last line of {args.answers_file} (interrupted run)", file=sys.stderr)
+    todo = [it for it in items if not writer.is_answered(it.question_id)]
+    print(f"{len(items)} questions in chunk {args.chunk_idx}/{args.num_chunks}: "
+          f"{len(items) - len(todo)} already answered, {len(todo)} to run; method {method.name} {method.to_dict()}")
+    if not todo:
+        writer.close()
+        return
+
+    torch.manual_seed(args.seed)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path, args.model_base, device=args.device, dtype=args.dtype,
+        attn_implementation=args.attn_implementation, vision_tower=args.vision_tower,
+    )
+    if method.name != "none":
+        from llava.compression import apply
+
+        apply(model, method)
+    generator = LlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
+    model_id = get_model_name_from_path(args.model_path)
+    base_metadata = {"method": method.name, "method_args": method.to_dict()}
+
+    loader = DataLoader(_ItemImages(todo, image_processor), batch_size=args.batch_size, shuffle=False,
+                        num_workers=args.num_workers, collate_fn=list)
+    visual_tokens_total, answered, start = 0, 0, time.time()
+    with writer, tqdm(total=len(todo), unit="q", desc="answering", dynamic_ncols=True) as bar:
+        for batch in loader:
+            good = []
+            for index, pixels, error in batch:
+                item = todo[index]
+                if error is None:
+                    good.append((item, pixels))
+                elif args.skip_bad_inputs:
+                    writer.write(_record(item, "", model_id, dict(base_metadata, error=error)))
+                else:
+                    raise BadInputError(error + " (rerun with --skip-bad-inputs to record it and go on)")
+            if good:
+                results = generator.generate([it.message for it, _ in good], [p for _, p in good], settings)
+                for (item, _), result in zip(good, results):
+                    writer.write(_record(item, result.text, model_id, dict(base_metadata, **result.trace)))
+                    visual_tokens_total += result.trace.get("visual_tokens", 0)
+                    answered += 1
+            bar.update(len(batch))
+            if answered:
+                bar.set_postfix(visual_tokens=f"{visual_tokens_total / answered:.1f}")
+    elapsed = time.time() - start
+    if answered:
+        print(f"answered {answered} questions in {elapsed:.1f}s ({elapsed / answered:.2f}s each); "
+              f"average visual tokens to the LLM: {visual_tokens_total / answered:.1f}; answers: {args.answers_file}")
+
+
+def _record(item: EvalItem, text: str, model_id: str, metadata: dict) -> dict:
+    return {"question_id": item.question_id, "prompt": item.prompt, "text": text,
+            "answer_id": shortuuid.uuid(), "model_id": model_id, **item.extra, "metadata": metadata}
+
+
+def main_with_errors(fn: Callable[[], None]) -> None:
+    """Run an entry point; user errors print one line (no traceback) and exit with status 2."""
+    try:
+        fn()
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; answers written so far are kept and a rerun resumes", file=sys.stderr)
+        sys.exit(130)

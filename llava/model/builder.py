@@ -1,0 +1,266 @@
+"""Load LLaVA-1.5 checkpoints of either layout into transformers' ``LlavaForConditionalGeneration``.
+
+    tokenizer, model, image_processor, context_len = load_pretrained_model("checkpoints/llava-v1.5-7b")
+
+Both layouts give the same model class, the same tokenizer conventions (left padding, a pad token)
+and the same image processor (LLaVA-1.5 pad-to-square preprocessing), so everything downstream is
+layout-agnostic. See :mod:`llava.model.original_layout` for the key mapping of original checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from llava.mm_utils import build_image_processor
+from llava.model.original_layout import (
+    CheckpointError,
+    build_llava_config,
+    convert_state_dict,
+    detect_layout,
+    read_config,
+    read_weights,
+    resolve_vision_tower,
+)
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    """How a checkpoint was loaded (kept on ``model.llava_load_info``)."""
+
+    layout: str
+    model_path: str
+    vision_tower: str | None
+    image_aspect_ratio: str
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """LLaVA's model id: the folder name, or ``parent_checkpoint-N`` for trainer checkpoints."""
+    parts = os.path.normpath(model_path).strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return parts[-2] + "_" + parts[-1]
+    return parts[-1]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available (use --device cpu)")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"``: fp16 on GPU (as the original evaluation), fp32 on CPU."""
+    if dtype in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float32": torch.float32, "fp32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
+    return names[dtype]
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: str | None = None,
+    model_name: str | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    attn_implementation: str = "sdpa",
+    vision_tower: str | None = None,
+    device_map: str | dict | None = None,
+):
+    """Load a LLaVA-1.5 checkpoint of either layout.
+
+    Args:
+        model_path: a local folder in the llava-hf layout or the original LLaVA layout.
+        model_base: for original-layout checkpoints that store only part of the weights (e.g. a projector),
+            the folder of the full base model whose weights the checkpoint's own weights update.
+        model_name: unused; accepted for compatibility with the research repos' signature.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        dtype: ``"auto"`` (fp16 on GPU, fp32 on CPU), ``"float16"``, ``"bfloat16"``, ``"float32"`` or a dtype.
+        attn_implementation: ``"sdpa"`` (default), ``"flash_attention_2"`` or ``"eager"``. Compression
+            methods never need eager attention.
+        vision_tower: local CLIP folder overriding the original layout's ``mm_vision_tower``.
+        device_map: passed to transformers instead of ``device`` (e.g. ``"auto"`` to shard a 13B model).
+
+    Returns:
+        ``(tokenizer, model, image_processor, context_len)``. The tokenizer pads on the left and has a pad
+        token; ``model`` is in eval mode with ``model.llava_load_info`` describing what was loaded.
+
+    Raises:
+        CheckpointError: a folder that is neither layout, a missing vision tower or weight file, or a
+            weight whose shape does not match the config (the message names the file and the expectation).
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    config = read_config(model_path)
+    layout = detect_layout(config, model_path)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    load_kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation,
+                   "device_map": device_map if device_map is not None else {"": device}}
+    if os.path.isfile(os.path.join(model_path, "adapter_config.json")):
+        raise CheckpointError(
+            f"{model_path} holds a LoRA adapter (adapter_config.json); merge it into its base model first "
+            "(the research repos' merge_lora_weights script) and load the merged folder"
+        )
+
+    if layout == "hf":
+        if model_base is not None:
+            raise CheckpointError("--model-base is only used with original-layout checkpoints that store part of the weights")
+        tower_path = None
+        aspect = "pad"
+        try:
+            model, info = LlavaForConditionalGeneration.from_pretrained(
+                model_path, output_loading_info=True, **load_kwargs
+            )
+        except (RuntimeError, ValueError, OSError) as err:
+            raise CheckpointError(f"cannot load the llava-hf checkpoint in {model_path}: {err}") from None
+        _check_loading_info(info, model_path)
+        image_size = model.config.vision_config.image_size
+        processor_cfg = _read_json(os.path.join(model_path, "preprocessor_config.json"))
+    else:
+        tower_path = resolve_vision_tower(config, model_path, vision_tower)
+        llava_config = build_llava_config(config, tower_path)
+        llm_state = read_weights(model_base) if model_base else {}
+        llm_state.update(read_weights(model_path))
+        has_tower = any(k.startswith("model.vision_tower.vision_tower.") for k in llm_state)
+        vision_state = None if has_tower else read_weights(tower_path)
+        state = convert_state_dict(llm_state, vision_state, int(config["vocab_size"]))
+        _check_shapes(state, llava_config, model_path, tower_path)
+        model, info = LlavaForConditionalGeneration.from_pretrained(
+            None, config=llava_config, state_dict=state, output_loading_info=True, **load_kwargs
+        )
+        _check_loading_info(info, model_path)
+        aspect = config.get("image_aspect_ratio", "square")
+        image_size = llava_config.vision_config.image_size
+        processor_cfg = _read_json(os.path.join(tower_path, "preprocessor_config.json"))
+
+    model.eval()
+    model.llava_load_info = LoadedInfo(layout, model_path, tower_path, aspect)
+    tokenizer = _load_tokenizer(model_path, model_base, layout)
+    _check_special_tokens(tokenizer, model.config, model_path)
+    image_processor = build_image_processor(
+        image_size=image_size,
+        image_mean=processor_cfg.get("image_mean") or (0.48145466, 0.4578275, 0.40821073),
+        image_std=processor_cfg.get("image_std") or (0.26862954, 0.26130258, 0.27577711),
+        do_pad=(aspect == "pad"),
+    )
+    context_len = int(getattr(model.config.text_config, "max_position_embeddings", 2048))
+    return tokenizer, model, image_processor, context_len
+
+
+def _read_json(path: str) -> dict:
+    import json
+
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _load_tokenizer(model_path: str, model_base: str | None, layout: str):
+    from transformers import AutoTokenizer, LlamaConfig
+
+    last_error = None
+    for folder in [model_path] + ([model_base] if model_base else []):
+        try:
+            # an explicit config keeps AutoTokenizer from parsing an original-layout config.json
+            tok = AutoTokenizer.from_pretrained(folder, use_fast=True, config=LlamaConfig())
+            break
+        except (OSError, ValueError) as err:
+            last_error = err
+    else:
+        raise CheckpointError(
+            f"no tokenizer in {model_path}" + (f" or {model_base}" if model_base else "")
+            + f" (expected tokenizer.json or tokenizer.model): {last_error}"
+        )
+    if tok.bos_token_id is None:
+        raise CheckpointError(f"the tokenizer in {model_path} has no BOS token; LLaVA-1.5 prompts start with <s>")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.unk_token  # LLaVA's convention for LLaMA tokenizers
+    tok.padding_side = "left"
+    return tok
+
+
+def _check_special_tokens(tokenizer, config, model_path: str) -> None:
+    image_id = config.image_token_id
+    vocab_image_id = tokenizer.convert_tokens_to_ids("<image>") if "<image>" in tokenizer.get_vocab() else None
+    if vocab_image_id is not None and vocab_image_id != image_id:
+        raise CheckpointError(
+            f"the tokenizer in {model_path} maps <image> to id {vocab_image_id} but config.json says "
+            f"image_token_id={image_id}; the tokenizer and the config do not belong together"
+        )
+    if tokenizer.pad_token_id == image_id:
+        raise CheckpointError(
+            f"the tokenizer in {model_path} pads with the image token id {image_id}; set a distinct pad token"
+        )
+
+
+def _check_shapes(state: dict[str, torch.Tensor], config, model_path: str, tower_path: str) -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    with torch.device("meta"):
+        reference = LlavaForConditionalGeneration(config)
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    for key, value in state.items():
+        if key in expected and tuple(value.shape) != expected[key]:
+            source = tower_path if key.startswith("model.vision_tower.") else model_path
+            raise CheckpointError(
+                f"shape mismatch for {key} (from {source}): found {tuple(value.shape)}, expected {expected[key]} "
+                f"from {os.path.join(model_path, 'config.json')}; the weights and the config (or the vision tower) "
+                "do not belong together"
+            )
+    missing = sorted(k for k in expected if k not in state)
+    if missing:
+        raise CheckpointError(
+            f"weights missing from {model_path} (and the vision tower {tower_path}): {missing[:5]}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            + "; is this a projector-only checkpoint that needs --model-base?"
+        )
+
+
+def _check_loading_info(info: dict, model_path: str) -> None:
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = info.get("mismatched_keys") or []
+    if mismatched:
+        raise CheckpointError(f"shape mismatch in {model_path}: {list(mismatched)[:5]}")
+    if missing:
+        raise CheckpointError(
+            f"weights missing from {model_path}: {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+
+
+def read_model_geometry(model_path: str, vision_tower: str | None = None):
+    """The :class:`~llava.compression.ModelGeometry` of a checkpoint, read from its config files only, so
+    that method arguments are validated before any weights load."""
+    from transformers import CLIPVisionConfig
+
+    from llava.compression.registry import ModelGeometry
+
+    config = read_config(model_path)
+    if detect_layout(config, model_path) == "hf":
+        vision, text = config["vision_config"], config["text_config"]
+        image_size, patch = vision.get("image_size", 336), vision.get("patch_size", 14)
+        vision_layers, llm_layers = vision.get("num_hidden_layers", 24), text.get("num_hidden_layers", 32)
+        feature_layer = config.get("vision_feature_layer", -2)
+    else:
+        vision = CLIPVisionConfig.from_pretrained(resolve_vision_tower(config, model_path, vision_tower))
+        image_size, patch, vision_layers = vision.image_size, vision.patch_size, vision.num_hidden_layers
+        llm_layers = config.get("num_hidden_layers", 32)
+        feature_layer = config.get("mm_vision_select_layer", -2)
+    side = image_size // patch
+    return ModelGeometry(
+        num_patches=side * side,
+        grid=(side, side),
+        vision_layers=vision_layers,
+        llm_layers=llm_layers,
+        vision_feature_layer=feature_layer,
+    )

@@ -1,0 +1,345 @@
+"""Tiny random LLaVA-1.5-shaped checkpoints for tests, the demo, and anyone without weights.
+
+    python -m llava.model.tiny --out DIR [--layout hf|original] [--seed N]
+
+The model has LLaVA-1.5's shape where it matters to token compression: a CLIP ViT at 336 px with
+patch 14 (576 patch tokens + CLS) and 24 layers, features from layer -2, an mlp2x_gelu projector and
+a small Llama. Widths are tiny, weights random: its answers are meaningless, but every code path
+(preprocessing, 576 image tokens, compression, generation) runs as on the real model.
+
+Layouts (both load with :func:`llava.model.builder.load_pretrained_model`):
+
+* ``hf``: the llava-hf hub layout (``LlavaForConditionalGeneration`` config; weights keyed
+  ``language_model.model.*``, ``vision_tower.vision_model.*``, ``multi_modal_projector.*``);
+  tokenizer with ``<image>`` and ``<pad>`` added; embeddings padded to a multiple of 64.
+* ``original``: the ``liuhaotian/llava-v1.5-*`` layout (``LlavaLlamaForCausalLM`` config with
+  ``mm_*`` fields, sharded ``pytorch_model-*.bin``, no ``<image>`` token in the tokenizer) plus the
+  CLIP tower as a separate CLIP folder named by ``mm_vision_tower`` (here a sub-folder).
+
+The same seed gives the same weights, and both layouts of one seed load to identical logits: the
+rows the hf layout adds for ``<image>``/``<pad>``/padding are zero, which is also what the loader
+fills in for an original checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_PAD_TOKEN, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from llava.conversation import conv_templates
+from llava.model.original_layout import padded_vocab
+
+
+@dataclass(frozen=True)
+class TinyGeometry:
+    image_size: int = 336
+    patch_size: int = 14
+    vision_hidden: int = 64
+    vision_intermediate: int = 128
+    vision_layers: int = 24
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_intermediate: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    base_vocab: int = 448  # tokenizer vocabulary before <image>/<pad> are added
+    text_init_range: float = 0.3  # sharp logits, so greedy decoding is not degenerate (platform pitfall 13)
+    qk_scale: float = 6.0  # sharpens CLIP attention so CLS scores are not flat
+
+
+TINY = TinyGeometry()
+CLIP_FOLDER_NAME = "clip-vit-tiny-patch14-336"
+
+_CORPUS = [
+    "Is there a dog in the image? Answer the question using a single word or phrase.",
+    "What is the color of the car? Answer with the option's letter from the given choices directly.",
+    "Describe this image in detail. How many people are there? What is written on the sign?",
+    "Please answer yes or no. Is this a photo of a cat? The answer is A. B. C. D. E.",
+    "Context: Options: Question: Which of these states is farthest north? a red circle, a blue square.",
+    "When the provided information is insufficient, respond with 'Unanswerable'.",
+    "0 1 2 3 4 5 6 7 8 9 10 yes no left right top bottom green yellow white black person table",
+] + [t.system for t in conv_templates.values()] + ["USER: ASSISTANT: </s>"]
+
+
+def build_base_tokenizer(vocab_size: int = TINY.base_vocab):
+    """A small byte-fallback BPE ``LlamaTokenizer`` trained offline (ids 0/1/2 = <unk>/<s>/</s>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+
+    specials = ["<unk>", "<s>", "</s>"]
+    bytes_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials + bytes_tokens, show_progress=False, min_frequency=1
+    )
+    bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    vocab = bpe.get_vocab()
+    if len(vocab) < vocab_size:  # a short corpus may learn fewer merges; fill with unused tokens
+        for i in range(vocab_size - len(vocab)):
+            vocab[f"<unused{i}>"] = len(vocab)
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in _merges_of(bpe)]
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, legacy=False, add_bos_token=True, add_eos_token=False)
+    tok.model_max_length = 4096
+    return tok
+
+
+def _merges_of(bpe) -> list:
+    state = json.loads(bpe.to_str())
+    return state["model"]["merges"]
+
+
+def add_llava_tokens(tok):
+    """Add ``<image>`` and ``<pad>`` as llava-hf does; left padding for batched generation."""
+    # llava-hf order: <image> = V, <pad> = V + 1
+    tok.add_special_tokens({"additional_special_tokens": [DEFAULT_IMAGE_TOKEN]})
+    tok.add_special_tokens({"pad_token": DEFAULT_PAD_TOKEN})
+    tok.padding_side = "left"
+    return tok
+
+
+
+def build_llava_config(g: TinyGeometry = TINY):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        hidden_size=g.vision_hidden,
+        intermediate_size=g.vision_intermediate,
+        num_hidden_layers=g.vision_layers,
+        num_attention_heads=g.vision_heads,
+        image_size=g.image_size,
+        patch_size=g.patch_size,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=g.vision_hidden,
+    )
+    text = LlamaConfig(
+        hidden_size=g.text_hidden,
+        intermediate_size=g.text_intermediate,
+        num_hidden_layers=g.text_layers,
+        num_attention_heads=g.text_heads,
+        num_key_value_heads=g.text_kv_heads,
+        vocab_size=padded_vocab(g.base_vocab),
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        initializer_range=g.text_init_range,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=g.base_vocab + 1,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=g.base_vocab,
+        image_seq_length=(g.image_size // g.patch_size) ** 2,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        multimodal_projector_bias=True,
+    )
+
+
+def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY) -> dict[str, torch.Tensor]:
+    """Random weights of the tiny model in transformers' module layout (``model.language_model.*``,
+    ``model.vision_tower.*``, ``model.multi_modal_projector.*``, ``lm_head.*``). Deterministic in ``seed``.
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    config = build_llava_config(g)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = LlavaForConditionalGeneration._from_config(config, dtype=torch.float32)
+        with torch.no_grad():
+            for layer in model.model.vision_tower.encoder.layers:
+                layer.self_attn.q_proj.weight.mul_(g.qk_scale)
+                layer.self_attn.k_proj.weight.mul_(g.qk_scale)
+            # rows that the original vocabulary does not have are zero in both layouts
+            model.model.language_model.embed_tokens.weight[g.base_vocab :].zero_()
+            model.lm_head.weight[g.base_vocab :].zero_()
+            # byte-fallback tokens (ids 3..258) get zero logits so that greedy answers are readable words
+            model.lm_head.weight[3:259].zero_()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _preprocessor_config(g: TinyGeometry) -> dict:
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": g.image_size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": g.image_size, "width": g.image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD),
+        "do_convert_rgb": True,
+    }
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
+    """Write the llava-hf layout of the tiny model to ``out``; returns ``out``."""
+    from safetensors.torch import save_file
+
+    os.makedirs(out, exist_ok=True)
+    sd = build_tiny_state_dict(seed, g)
+    hub = {}
+    for key, value in sd.items():
+        if key.startswith("model.language_model."):
+            hub["language_model.model." + key[len("model.language_model.") :]] = value
+        elif key.startswith("lm_head."):
+            hub["language_model." + key] = value
+        elif key.startswith("model.multi_modal_projector."):
+            hub[key[len("model.") :]] = value
+        elif key.startswith("model.vision_tower."):
+            hub["vision_tower.vision_model." + key[len("model.vision_tower.") :]] = value
+        else:
+            raise AssertionError(f"unexpected key {key}")
+    save_file(hub, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    config = build_llava_config(g)
+    config.architectures = ["LlavaForConditionalGeneration"]
+    config.save_pretrained(out)
+    tok = add_llava_tokens(build_base_tokenizer(g.base_vocab))
+    tok.save_pretrained(out)
+    _write_json(os.path.join(out, "preprocessor_config.json"), _preprocessor_config(g))
+    _write_json(
+        os.path.join(out, "generation_config.json"),
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": g.base_vocab + 1},
+    )
+    return out
+
+
+def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_shards: int = 2) -> str:
+    """Write the original LLaVA layout (plus its CLIP folder) of the tiny model to ``out``."""
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPModel
+
+    os.makedirs(out, exist_ok=True)
+    sd = build_tiny_state_dict(seed, g)
+    llm, clip_vision = {}, {}
+    for key, value in sd.items():
+        if key.startswith("model.language_model."):
+            new = "model." + key[len("model.language_model.") :]
+            llm[new] = value[: g.base_vocab].clone() if new == "model.embed_tokens.weight" else value
+        elif key == "lm_head.weight":
+            llm[key] = value[: g.base_vocab].clone()
+        elif key.startswith("model.multi_modal_projector.linear_"):
+            rest = key[len("model.multi_modal_projector.linear_") :]
+            idx, tail = rest.split(".", 1)
+            llm[f"model.mm_projector.{0 if idx == '1' else 2}.{tail}"] = value
+        elif key.startswith("model.vision_tower."):
+            clip_vision["vision_model." + key[len("model.vision_tower.") :]] = value
+    # sharded .bin with an index, as the released checkpoints are
+    keys = sorted(llm)
+    shard_of, weight_map = {}, {}
+    for i, key in enumerate(keys):
+        shard = i * num_shards // len(keys)
+        shard_of.setdefault(shard, {})[key] = llm[key]
+    for shard, tensors in shard_of.items():
+        name = f"pytorch_model-{shard + 1:05d}-of-{num_shards:05d}.bin"
+        torch.save(tensors, os.path.join(out, name))
+        weight_map.update({k: name for k in tensors})
+    _write_json(os.path.join(out, "pytorch_model.bin.index.json"), {"metadata": {}, "weight_map": weight_map})
+
+    text_cfg = build_llava_config(g).text_config
+    _write_json(
+        os.path.join(out, "config.json"),
+        {
+            "architectures": ["LlavaLlamaForCausalLM"],
+            "model_type": "llava_llama",
+            "hidden_act": "silu",
+            "hidden_size": text_cfg.hidden_size,
+            "intermediate_size": text_cfg.intermediate_size,
+            "num_attention_heads": text_cfg.num_attention_heads,
+            "num_hidden_layers": text_cfg.num_hidden_layers,
+            "num_key_value_heads": text_cfg.num_key_value_heads,
+            "max_position_embeddings": text_cfg.max_position_embeddings,
+            "rms_norm_eps": text_cfg.rms_norm_eps,
+            "initializer_range": text_cfg.initializer_range,
+            "vocab_size": g.base_vocab,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+            "tie_word_embeddings": False,
+            "torch_dtype": "float16",
+            "use_cache": True,
+            "mm_vision_tower": CLIP_FOLDER_NAME,
+            "mm_hidden_size": g.vision_hidden,
+            "mm_projector_type": "mlp2x_gelu",
+            "mm_vision_select_layer": -2,
+            "mm_vision_select_feature": "patch",
+            "mm_use_im_start_end": False,
+            "mm_use_im_patch_token": False,
+            "mm_patch_merge_type": "flat",
+            "image_aspect_ratio": "pad",
+            "tune_mm_mlp_adapter": False,
+        },
+    )
+    tok = build_base_tokenizer(g.base_vocab)
+    tok.pad_token = tok.unk_token  # as LLaVA's training set it
+    tok.padding_side = "right"
+    tok.save_pretrained(out)
+
+    # The CLIP tower: a full CLIPModel folder (with a text tower whose keys the loader discards).
+    clip_dir = os.path.join(out, CLIP_FOLDER_NAME)
+    vision_cfg = build_llava_config(g).vision_config
+    clip_cfg = CLIPConfig(
+        text_config=CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, bos_token_id=0,
+                                   eos_token_id=1, pad_token_id=1,
+                                   num_attention_heads=2, vocab_size=64, projection_dim=g.vision_hidden),
+        vision_config=vision_cfg.to_dict(),
+        projection_dim=g.vision_hidden,
+    )
+    clip_cfg.architectures = ["CLIPModel"]
+    torch_state = torch.random.get_rng_state()
+    torch.manual_seed(seed + 1)
+    try:
+        clip = CLIPModel._from_config(clip_cfg, dtype=torch.float32)
+    finally:
+        torch.random.set_rng_state(torch_state)
+    clip_sd = {k: v.contiguous() for k, v in clip.state_dict().items() if not k.startswith("vision_model.")}
+    clip_sd.update(clip_vision)
+    os.makedirs(clip_dir, exist_ok=True)
+    save_file(clip_sd, os.path.join(clip_dir, "model.safetensors"), metadata={"format": "pt"})
+    clip_cfg.save_pretrained(clip_dir)
+    _write_json(os.path.join(clip_dir, "preprocessor_config.json"), _preprocessor_config(g))
+    return out
+
+
+def write_tiny_checkpoint(out: str, layout: str = "hf", seed: int = 0) -> str:
+    if layout == "hf":
+        return write_hf_layout(out, seed)
+    if layout == "original":
+        return write_original_layout(out, seed)
+    raise ValueError(f"unknown layout {layout!r}; choose 'hf' or 'original'")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
+    parser.add_argument("--layout", choices=["hf", "original"], default="hf")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    write_tiny_checkpoint(args.out, args.layout, args.seed)
+    print(f"wrote tiny LLaVA-1.5 checkpoint ({args.layout} layout, seed {args.seed}) to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

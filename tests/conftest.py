@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny checkpoints of both layouts and a few generated images (built once per session)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from PIL import Image, ImageDraw
+
+from llava.model.tiny import write_hf_layout, write_original_layout
+
+IMAGE_SIZES = [(500, 333), (301, 640), (336, 336), (640, 480), (120, 90), (333, 500)]
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory) -> str:
+    return write_hf_layout(str(tmp_path_factory.mktemp("ckpt") / "tiny-llava-hf"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_original(tmp_path_factory) -> str:
+    return write_original_layout(str(tmp_path_factory.mktemp("ckpt") / "tiny-llava-original"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("images")
+    for i, (w, h) in enumerate(IMAGE_SIZES):
+        img = Image.new("RGB", (w, h), (40 * i % 256, 120, 200 - 30 * i))
+        draw = ImageDraw.Draw(img)
+        draw.ellipse((w // 8, h // 8, w // 2, h // 2), fill=(230, 20, 20))
+        draw.rectangle((w // 2, h // 2, w - 5, h - 5), fill=(20, 200, 40 + 20 * i))
+        img.save(folder / f"img{i}.png")
+    return str(folder)
+
+
+def write_vqa_questions(path: str, n: int, missing_image_at: int | None = None) -> str:
+    """A POPE/GQA-style JSON-lines question file over the session's images."""
+    with open(path, "w") as f:
+        for i in range(n):
+            image = "missing.png" if i == missing_image_at else f"img{i % len(IMAGE_SIZES)}.png"
+            text = ["Is there a red circle in the image?", "What color is the rectangle?",
+                    "How many shapes are there?"][i % 3]
+            f.write(json.dumps({"question_id": 100 + i, "image": image,
+                                "text": text + "\nAnswer the question using a single word or phrase.",
+                                "category": "default"}) + "\n")
+    return path
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture
+def vqa_questions(tmp_path) -> str:
+    return write_vqa_questions(os.path.join(tmp_path, "questions.jsonl"), 6)
