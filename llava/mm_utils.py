@@ -31,6 +31,20 @@ def load_image(path: str | os.PathLike, convert_rgb: bool = True) -> Image.Image
         raise BadInputError(f"cannot read image {path}: {err}") from None
 
 
+def load_image_b64(data: str, what: str) -> Image.Image:
+    """Decode an inline base64 image (MMBench's tsv); ``what`` names the item in errors."""
+    import base64
+    import binascii
+    import io
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=False))) as img:
+            img.load()
+            return img.copy()
+    except (binascii.Error, UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise BadInputError(f"cannot decode the base64 image of {what}: {err}") from None
+
+
 def expand2square(img: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
     """Paste ``img`` centred on a square canvas of side max(w, h) filled with ``background_color``."""
     w, h = img.size

@@ -6,6 +6,8 @@ import json
 import os
 from typing import Any
 
+from llava.eval.questions import answer_key
+
 
 class AnswerWriter:
     """Appends answer records (JSON lines) to ``path``.
@@ -28,12 +30,8 @@ class AnswerWriter:
             open(path, "w").close()
         else:
             self._read_existing(retry_errors)
-        self.answered = {self.key(r.get("question_id")) for r in self.records}
+        self.answered = {answer_key(r) for r in self.records}
         self._file = open(path, "a", encoding="utf-8")
-
-    @staticmethod
-    def key(question_id: Any) -> str:
-        return json.dumps(question_id)
 
     def _read_existing(self, retry_errors: bool) -> None:
         with open(self.path, encoding="utf-8") as f:
@@ -63,13 +61,14 @@ class AnswerWriter:
                     f.write(json.dumps(rec) + "\n")
             os.replace(tmp, self.path)
 
-    def is_answered(self, question_id: Any) -> bool:
-        return self.key(question_id) in self.answered
+    def is_answered(self, key: str) -> bool:
+        """``key``: :func:`llava.eval.questions.answer_key` of the record (``EvalItem.key``)."""
+        return key in self.answered
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        self.answered.add(self.key(record.get("question_id")))
+        self.answered.add(answer_key(record))
 
     def close(self) -> None:
         self._file.close()

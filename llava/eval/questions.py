@@ -33,7 +33,8 @@ class EvalItem:
     prompt: the answer file's ``prompt`` field (as the original scripts write it).
     image_path: absolute or relative image path, or ``None`` for a text-only question.
     convert_rgb: ``False`` reproduces ScienceQA's original loader, which skips ``.convert('RGB')``.
-    extra: additional answer fields (e.g. MMBench's ``round_id``).
+    extra: additional answer fields (e.g. MMBench's ``round_id``, ``options``, ``option_char``).
+    image_b64: an inline base64 image (MMBench's tsv) instead of ``image_path``.
     """
 
     question_id: Any
@@ -42,6 +43,23 @@ class EvalItem:
     image_path: str | None
     convert_rgb: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    image_b64: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The resume key: the question id, plus the round for MMBench's circular rounds."""
+        return answer_key({"question_id": self.question_id, **self.extra})
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_path is not None or self.image_b64 is not None
+
+
+def answer_key(record: dict[str, Any]) -> str:
+    """Identifies one answer: ``question_id`` (and ``round_id`` when the record has one)."""
+    if "round_id" in record:
+        return json.dumps([record.get("question_id"), record["round_id"]])
+    return json.dumps(record.get("question_id"))
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -130,7 +148,7 @@ def load_science_items(path: str, image_folder: str, single_pred_prompt: bool = 
 def _check_unique(items: list[EvalItem], path: str) -> None:
     seen = set()
     for item in items:
-        key = str(item.question_id)
+        key = item.key
         if key in seen:
             raise QuestionFileError(f"{path}: question id {item.question_id!r} appears more than once")
         seen.add(key)

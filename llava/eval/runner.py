@@ -22,7 +22,7 @@ from llava.compression.registry import CompressionConfigError, add_method_argume
 from llava.eval.answers import AnswerWriter
 from llava.eval.inference import GenerationSettings, LlavaGenerator
 from llava.eval.questions import EvalItem, QuestionFileError, get_chunk
-from llava.mm_utils import BadInputError, load_image
+from llava.mm_utils import BadInputError, load_image, load_image_b64
 from llava.model.builder import get_model_name_from_path, load_pretrained_model, read_model_geometry
 from llava.model.original_layout import CheckpointError
 
@@ -71,10 +71,13 @@ class _ItemImages(Dataset):
 
     def __getitem__(self, index: int):
         item = self.items[index]
-        if item.image_path is None:
+        if not item.has_image:
             return index, None, None
         try:
-            image = load_image(item.image_path, convert_rgb=item.convert_rgb)
+            if item.image_b64 is not None:
+                image = load_image_b64(item.image_b64, f"question {item.question_id!r}")
+            else:
+                image = load_image(item.image_path, convert_rgb=item.convert_rgb)
             pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
         except BadInputError as err:
             return index, None, f"question {item.question_id!r}: {err}"
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
     writer = AnswerWriter(args.answers_file, overwrite=args.overwrite, retry_errors=args.retry_errors)
     if writer.dropped_partial_line:
         print(f"note: dropped an incomplete last line of {args.answers_file} (interrupted run)", file=sys.stderr)
-    todo = [it for it in items if not writer.is_answered(it.question_id)]
+    todo = [it for it in items if not writer.is_answered(it.key)]
     print(f"{len(items)} questions in chunk {args.chunk_idx}/{args.num_chunks}: "
           f"{len(items) - len(todo)} already answered, {len(todo)} to run; method {method.name} {method.to_dict()}")
     if not todo:

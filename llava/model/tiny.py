@@ -229,7 +229,7 @@ def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
 def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_shards: int = 2) -> str:
     """Write the original LLaVA layout (plus its CLIP folder) of the tiny model to ``out``."""
     from safetensors.torch import save_file
-    from transformers import CLIPConfig, CLIPTextConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
 
     os.makedirs(out, exist_ok=True)
     sd = build_tiny_state_dict(seed, g)

@@ -130,3 +130,17 @@ def test_projector_only_checkpoint_with_model_base(tiny_original, tmp_path):
     tok, model, _, _ = load_pretrained_model(str(proj), model_base=tiny_original, device="cpu")
     _, ref, _, _ = load_pretrained_model(tiny_original, device="cpu")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
+
+
+def test_convert_original_to_hf_layout_keeps_logits(tiny_original, tmp_path):
+    from llava.model.convert import convert
+
+    dst = convert(tiny_original, str(tmp_path / "converted"), dtype="float32")
+    tok_c, converted, _, _ = load_pretrained_model(dst, device="cpu")
+    tok_o, original, _, _ = load_pretrained_model(tiny_original, device="cpu")
+    assert converted.llava_load_info.layout == "hf"
+    assert torch.equal(_logits(converted, tok_c), _logits(original, tok_o))
+    assert tok_c.convert_tokens_to_ids("<image>") == converted.config.image_token_id
+    assert tok_c.pad_token_id == converted.config.image_token_id + 1
+    with pytest.raises(CheckpointError, match="not empty"):
+        convert(tiny_original, dst)

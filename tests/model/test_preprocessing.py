@@ -5,7 +5,13 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from llava.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from llava.mm_utils import BadInputError, build_image_processor, expand2square, load_image, tokenizer_image_token
+from llava.mm_utils import (
+    BadInputError,
+    build_image_processor,
+    expand2square,
+    load_image,
+    tokenizer_image_token,
+)
 
 
 def _reference_pixels(img: Image.Image) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Video-LLaVA evaluation: video QA data, inference and the GPT judge."""
