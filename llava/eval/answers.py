@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from llava.eval.questions import answer_key
+from llava.eval.questions import answer_key, with_occurrence
 
 
 class AnswerWriter:
@@ -30,7 +30,10 @@ class AnswerWriter:
             open(path, "w").close()
         else:
             self._read_existing(retry_errors)
-        self.answered = {answer_key(r) for r in self.records}
+        self._occurrences: dict[str, int] = {}
+        self.answered: set[str] = set()
+        for rec in self.records:
+            self._add(rec)
         self._file = open(path, "a", encoding="utf-8")
 
     def _read_existing(self, retry_errors: bool) -> None:
@@ -61,6 +64,12 @@ class AnswerWriter:
                     f.write(json.dumps(rec) + "\n")
             os.replace(tmp, self.path)
 
+    def _add(self, record: dict[str, Any]) -> None:
+        base = answer_key(record)
+        occurrence = self._occurrences.get(base, 0)
+        self._occurrences[base] = occurrence + 1
+        self.answered.add(with_occurrence(base, occurrence))
+
     def is_answered(self, key: str) -> bool:
         """``key``: :func:`llava.eval.questions.answer_key` of the record (``EvalItem.key``)."""
         return key in self.answered
@@ -68,7 +77,7 @@ class AnswerWriter:
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        self.answered.add(answer_key(record))
+        self._add(record)
 
     def close(self) -> None:
         self._file.close()
@@ -78,3 +87,18 @@ class AnswerWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def merge_chunks(chunk_files: list[str], merged: str) -> int:
+    """Concatenate chunk answer files in order into ``merged``; returns the number of lines."""
+    lines = 0
+    tmp = merged + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as out:
+        for path in chunk_files:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        out.write(line if line.endswith("\n") else line + "\n")
+                        lines += 1
+    os.replace(tmp, merged)
+    return lines

@@ -16,7 +16,7 @@ import os
 import sys
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, MAX_NEW_TOKENS_LONG
-from llava.eval.questions import SINGLE_PRED_PROMPT, EvalItem, QuestionFileError, _check_unique
+from llava.eval.questions import SINGLE_PRED_PROMPT, EvalItem, QuestionFileError
 from llava.eval.runner import build_parser, main_with_errors, run
 
 ALL_OPTIONS = ("A", "B", "C", "D")
@@ -68,7 +68,6 @@ def load_mmbench_items(path: str, single_pred_prompt: bool, lang: str = "en", al
             ))
             options = options[1:] + options[:1]
             option_chars = option_chars[1:] + option_chars[:1]
-    _check_unique(items, path)
     return items
 
 

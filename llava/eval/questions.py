@@ -44,15 +44,33 @@ class EvalItem:
     convert_rgb: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
     image_b64: str | None = None
+    occurrence: int = 0
 
     @property
     def key(self) -> str:
-        """The resume key: the question id, plus the round for MMBench's circular rounds."""
-        return answer_key({"question_id": self.question_id, **self.extra})
+        """The resume key: the question id (plus the round for MMBench's circular rounds), and the
+        occurrence number when an id repeats (MME asks two questions per image under one id)."""
+        return with_occurrence(answer_key({"question_id": self.question_id, **self.extra}), self.occurrence)
 
     @property
     def has_image(self) -> bool:
         return self.image_path is not None or self.image_b64 is not None
+
+
+def with_occurrence(key: str, occurrence: int) -> str:
+    return key if occurrence == 0 else f"{key}#{occurrence}"
+
+
+def number_occurrences(items: list[EvalItem]) -> list[EvalItem]:
+    """Set each item's ``occurrence`` (0 for the first item with its id, 1 for the next, ...) in list order.
+    Answers are appended in the same order, so the n-th answer with an id answers the n-th question."""
+    seen: dict[str, int] = {}
+    for item in items:
+        item.occurrence = 0
+        base = item.key
+        item.occurrence = seen.get(base, 0)
+        seen[base] = item.occurrence + 1
+    return items
 
 
 def answer_key(record: dict[str, Any]) -> str:
@@ -101,7 +119,6 @@ def load_vqa_items(path: str, image_folder: str) -> list[EvalItem]:
                 image_path=os.path.join(image_folder, image) if image else None,
             )
         )
-    _check_unique(items, path)
     return items
 
 
@@ -141,17 +158,7 @@ def load_science_items(path: str, image_folder: str, single_pred_prompt: bool = 
                 convert_rgb=False,
             )
         )
-    _check_unique(items, path)
     return items
-
-
-def _check_unique(items: list[EvalItem], path: str) -> None:
-    seen = set()
-    for item in items:
-        key = item.key
-        if key in seen:
-            raise QuestionFileError(f"{path}: question id {item.question_id!r} appears more than once")
-        seen.add(key)
 
 
 def split_list(lst: list, n: int) -> list[list]:

@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from llava.compression.registry import CompressionConfigError, add_method_arguments, config_from_args
 from llava.eval.answers import AnswerWriter
+from llava.eval.data_parallel import chunk_file, launch_info, mark_done, merge_when_done
 from llava.eval.inference import GenerationSettings, LlavaGenerator
-from llava.eval.questions import EvalItem, QuestionFileError, get_chunk
+from llava.eval.questions import EvalItem, QuestionFileError, get_chunk, number_occurrences
 from llava.mm_utils import BadInputError, load_image, load_image_b64
 from llava.model.builder import get_model_name_from_path, load_pretrained_model, read_model_geometry
 from llava.model.original_layout import CheckpointError
@@ -91,7 +92,14 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     method = config_from_args(args, read_model_geometry(args.model_path, args.vision_tower))
-    items = get_chunk(load_items(), args.num_chunks, args.chunk_idx)
+    launch = launch_info()
+    final_answers = args.answers_file
+    if launch is not None and args.num_chunks == 1:  # accelerate launch / torchrun: one chunk per rank
+        args.num_chunks, args.chunk_idx = launch.world_size, launch.rank
+        args.answers_file = chunk_file(final_answers, launch.world_size, launch.rank)
+        if args.device == "auto" and torch.cuda.is_available():
+            args.device = f"cuda:{launch.local_rank}"
+    items = number_occurrences(get_chunk(load_items(), args.num_chunks, args.chunk_idx))
     writer = AnswerWriter(args.answers_file, overwrite=args.overwrite, retry_errors=args.retry_errors)
     if writer.dropped_partial_line:
         print(f"note: dropped an incomplete last line of {args.answers_file} (interrupted run)", file=sys.stderr)
@@ -100,6 +108,7 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
           f"{len(items) - len(todo)} already answered, {len(todo)} to run; method {method.name} {method.to_dict()}")
     if not todo:
         writer.close()
+        _finish_data_parallel(launch, args, final_answers)
         return
 
     torch.manual_seed(args.seed)
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
 
     loader = DataLoader(_ItemImages(todo, image_processor), batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers, collate_fn=list)
-    visual_tokens_total, answered, start = 0, 0, time.time()
+    visual_tokens_total, answered, with_image, start = 0, 0, 0, time.time()
     with writer, tqdm(total=len(todo), unit="q", desc="answering", dynamic_ncols=True) as bar:
         for batch in loader:
             good = []
@@ -133,15 +142,28 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
                 results = generator.generate([it.message for it, _ in good], [p for _, p in good], settings)
                 for (item, _), result in zip(good, results):
                     writer.write(_record(item, result.text, model_id, dict(base_metadata, **result.trace)))
-                    visual_tokens_total += result.trace.get("visual_tokens", 0)
                     answered += 1
+                    if item.has_image:
+                        visual_tokens_total += result.trace.get("visual_tokens", 0)
+                        with_image += 1
             bar.update(len(batch))
-            if answered:
-                bar.set_postfix(visual_tokens=f"{visual_tokens_total / answered:.1f}")
+            if with_image:
+                bar.set_postfix(visual_tokens=f"{visual_tokens_total / with_image:.1f}")
+    _finish_data_parallel(launch, args, final_answers)
     elapsed = time.time() - start
     if answered:
+        tokens = f"{visual_tokens_total / with_image:.1f} per image" if with_image else "no images"
         print(f"answered {answered} questions in {elapsed:.1f}s ({elapsed / answered:.2f}s each); "
-              f"average visual tokens to the LLM: {visual_tokens_total / answered:.1f}; answers: {args.answers_file}")
+              f"visual tokens to the LLM: {tokens}; answers: {args.answers_file}")
+
+
+def _finish_data_parallel(launch, args: argparse.Namespace, final_answers: str) -> None:
+    if launch is None or args.answers_file == final_answers:
+        return
+    mark_done(args.answers_file)
+    if launch.rank == 0:
+        lines = merge_when_done(final_answers, launch.world_size)
+        print(f"rank 0 merged {lines} answers from {launch.world_size} ranks into {final_answers}")
 
 
 def _record(item: EvalItem, text: str, model_id: str, metadata: dict) -> dict:

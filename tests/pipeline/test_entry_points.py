@@ -129,7 +129,7 @@ def test_missing_image_fails_clearly_and_keeps_answers(tiny_hf, image_folder, tm
     "content, message",
     [('{"question_id": 1, "image": "img0.png", "text": "q"}\n{"question_id": 2,\n', "line 2: not valid JSON"),
      ('{"question_id": 1, "image": "img0.png"}\n', r"missing field\(s\) \['text'\]"),
-     ('{"question_id": 1, "text": "a"}\n{"question_id": 1, "text": "b"}\n', "appears more than once")],
+     ('[{"question_id": 1, "text": "a"}]\n', "expected a JSON object, got list")],
 )
 def test_malformed_question_file(tiny_hf, image_folder, tmp_path, capsys, content, message):
     questions = tmp_path / "q.jsonl"
@@ -204,3 +204,24 @@ def test_science_prompts_text_only_items_and_batching(tiny_hf, image_folder, tmp
 def test_model_vqa_open_ended(tiny_hf, vqa_questions, image_folder, tmp_path):
     answers = _run(model_vqa, tiny_hf, vqa_questions, image_folder, str(tmp_path / "a.jsonl"))
     assert len(answers) == 6 and all(set(a) == ANSWER_KEYS for a in answers)
+
+
+def test_repeated_question_ids_are_answered_once_each_and_resume(tiny_hf, image_folder, tmp_path):
+    """MME asks two questions per image under one question_id; both are answered, a rerun adds nothing."""
+    questions = tmp_path / "mme.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": f"existence/img{i // 2}.png", "image": f"img{i // 2}.png",
+                                             "text": f"Is there a {['circle', 'dog'][i % 2]}? Please answer yes or no."})
+                                 + "\n" for i in range(6)))
+    answers_file = str(tmp_path / "a.jsonl")
+    first = _run(model_vqa_loader, tiny_hf, str(questions), image_folder, answers_file, "--num-chunks", "2",
+                 "--chunk-idx", "0")
+    assert [a["prompt"].split()[3] for a in first] == ["circle?", "dog?", "circle?"]
+    again = _run(model_vqa_loader, tiny_hf, str(questions), image_folder, answers_file, "--num-chunks", "2",
+                 "--chunk-idx", "0")
+    assert again == first
+    lines = open(answers_file).read().splitlines()
+    with open(answers_file, "w") as f:  # lose the last answer: exactly that question reruns
+        f.write("\n".join(lines[:2]) + "\n")
+    resumed = _run(model_vqa_loader, tiny_hf, str(questions), image_folder, answers_file, "--num-chunks", "2",
+                   "--chunk-idx", "0")
+    assert [a["prompt"] for a in resumed] == [a["prompt"] for a in first]
