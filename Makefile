@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # install your CUDA build of torch 2.13 into it first; `make install` then keeps it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean eval-mini
 
 install: $(STAMP)
 
@@ -37,3 +37,14 @@ format: $(STAMP)
 
 clean:
 	rm -rf demo_out .pytest_cache
+
+# Every method x benchmark script end to end on the tiny checkpoint and the mini fixtures (CPU; slow).
+eval-mini: $(STAMP)
+	$(PY) -m llava.model.tiny --out demo_out/checkpoints/tiny-llava-v1.5
+	$(PY) -m llava.data.mini --out demo_out/eval-mini
+	set -e; for script in scripts/v1_5/eval/*/*.sh; do \
+	  case $$script in */baseline/*) args="";; *) args="64";; esac; \
+	  MODEL_PATH=demo_out/checkpoints/tiny-llava-v1.5 DATA_ROOT=demo_out/eval-mini CUDA_VISIBLE_DEVICES= \
+	    bash $$script $$args -- --max_new_tokens 16 --num-workers 0; \
+	done
+	DATA_ROOT=demo_out/eval-mini $(PY) -m llava.eval.summarize --root demo_out/eval-mini

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 import time
 
 from llava.compression.registry import available_methods
 
-DEFAULT_METHODS = ("none", "fastervlm", "vtc-cls", "fastv")
+DEFAULT_METHODS = ("none", "fastervlm", "vtc-cls", "fastv", "ficoco-v")
 
 
 def _run_entry(module, argv: list[str]) -> None:
@@ -77,19 +78,27 @@ def main(argv: list[str] | None = None) -> None:
             with contextlib.redirect_stdout(io.StringIO()):
                 results[bench] = score(bench, answers, data_root=data_root)
         seconds = time.time() - t0
-        rows.append((label, results["pope"]["visual_tokens_mean"], results["pope"]["headline"],
-                     results["sqa"]["headline"], seconds))
+        rows.append((label, results["pope"]["visual_tokens_mean"], _avg_per_layer(results["pope"]["answers_file"]),
+                     results["pope"]["headline"], results["sqa"]["headline"], seconds))
 
     print("[4/4] scored with the benchmarks' own scorers:\n")
-    print(f"{'method':<16} {'visual tokens':>13} {'POPE F1':>8} {'SQA-IMG':>8} {'seconds':>8}")
-    for label, tokens, pope, sqa, seconds in rows:
-        print(f"{label:<16} {tokens:>13.1f} {_fmt(pope):>8} {_fmt(sqa):>8} {seconds:>8.1f}")
+    print(f"{'method':<16} {'tokens at LLM input':>19} {'avg per LLM layer':>17} {'POPE F1':>8} {'SQA-IMG':>8} "
+          f"{'seconds':>8}")
+    for label, tokens, per_layer, pope, sqa, seconds in rows:
+        print(f"{label:<16} {tokens:>19.1f} {per_layer:>17.1f} {_fmt(pope):>8} {_fmt(sqa):>8} {seconds:>8.1f}")
     if skipped:
         print(f"\n(not registered in this build, skipped: {', '.join(skipped)})")
     print(f"\nDone in {time.time() - start:.0f}s. The weights are RANDOM: the answers and scores above are "
           "meaningless.\nWhat the demo shows is that the whole path runs: preprocessing, 576 image tokens per "
           "image (or the method's budget), generation, resumable answer files and scoring.\n"
           f"Answers and results are under {data_root}/*/answers and {data_root}/*/results.")
+
+
+def _avg_per_layer(answers_file: str) -> float:
+    """Mean over answers of the visual tokens each LLM layer saw (in-LLM methods prune between layers)."""
+    with open(answers_file) as f:
+        meta = [json.loads(line)["metadata"] for line in f if line.strip()]
+    return sum(m.get("avg_visual_tokens", m.get("visual_tokens", 0)) for m in meta) / max(1, len(meta))
 
 
 def _fmt(value) -> str:

@@ -6,9 +6,22 @@ import json
 import os
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from llava.model.tiny import write_hf_layout, write_original_layout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The tiny models gain nothing from intra-op threads, and on a busy 2-core machine the thread pool's
+    barriers turn thousands of tiny ops into long stalls. Subprocesses get OMP_NUM_THREADS=1 likewise."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(previous)
+
 
 IMAGE_SIZES = [(500, 333), (301, 640), (336, 336), (640, 480), (120, 90), (333, 500)]
 

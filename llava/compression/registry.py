@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, ClassVar
 
 
@@ -28,7 +28,7 @@ class CompressionConfigError(ValueError):
     """An invalid method name or method argument. Raised before any model work starts."""
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     VISION_ENCODER = "vision_encoder"
     PRE_LLM = "pre_llm"
     LLM = "llm"
@@ -50,6 +50,29 @@ class ModelGeometry:
     vision_layers: int = 24
     llm_layers: int = 32
     vision_feature_layer: int = -2
+
+    @property
+    def feature_layer(self) -> int:
+        """0-based index of the vision-encoder layer whose *output* feeds the projector.
+
+        ``hidden_states`` has ``vision_layers + 1`` entries (index 0 = encoder input), so
+        ``hidden_states[vision_feature_layer]`` is the output of layer ``(vision_feature_layer mod (L+1)) - 1``:
+        22 for CLIP-L with ``-2``. It is -1 when the features are the encoder input (no attention layer).
+        """
+        return self.vision_feature_layer % (self.vision_layers + 1) - 1
+
+
+def option(default: Any, flag: str, help: str, *, type: Any = None, choices: Any = None) -> Any:
+    """A config field with its CLI flag: ``x: int = option(64, "--visual-token-num", "...")``.
+
+    ``type`` is the argparse type (needed when the annotation is ``int | None``); ``choices`` is passed to argparse.
+    """
+    metadata: dict[str, Any] = {"flag": flag, "help": help}
+    if type is not None:
+        metadata["type"] = type
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -81,6 +104,10 @@ class MethodSpec:
     summary: str
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
+
+# Flags that the evaluation entry points own (``--seed`` seeds sampling and every random draw). A method
+# field with one of these flags reads the entry point's value; setting it never counts as a foreign flag.
+SHARED_FLAGS = frozenset({"--seed"})
 
 _METHODS: dict[str, MethodSpec] = {}
 _ALIASES: dict[str, str] = {}
@@ -156,6 +183,8 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
             if not flag:
                 continue
             ftype = f.metadata.get("type", _field_type(f))
+            if flag in SHARED_FLAGS and flag in parser._option_string_actions:
+                continue  # the entry point already defines it (same dest as the field name)
             if flag in seen:
                 if seen[flag] != (f.name, ftype):
                     raise RuntimeError(f"flag {flag} declared with different meanings by several methods")
@@ -187,7 +216,7 @@ def config_from_args(args: argparse.Namespace, geometry: ModelGeometry | None = 
                 continue
             if f.name in own:
                 values[f.name] = getattr(args, f.name)
-            else:
+            elif f.metadata["flag"] not in SHARED_FLAGS:
                 foreign.append(f.metadata["flag"])
     if foreign:
         raise CompressionConfigError(
@@ -198,8 +227,10 @@ def config_from_args(args: argparse.Namespace, geometry: ModelGeometry | None = 
 
 
 def _field_type(f: dataclasses.Field) -> Any:
-    t = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str, "bool": bool}.get(
-        f.type.split("|")[0].strip(), str
+    t = (
+        f.type
+        if not isinstance(f.type, str)
+        else {"int": int, "float": float, "str": str, "bool": bool}.get(f.type.split("|")[0].strip(), str)
     )
     return t
 

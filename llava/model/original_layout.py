@@ -28,7 +28,7 @@ import os
 import torch
 
 ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
-_LLAMA_FIELDS = (
+LLAMA_FIELDS = (
     "hidden_size",
     "intermediate_size",
     "num_attention_heads",
@@ -132,7 +132,7 @@ def build_llava_config(config: dict, vision_tower_path: str):
             f"{vision_tower_path} (hidden_size={vision_config.hidden_size})"
         )
     base_vocab = int(config["vocab_size"])
-    text_kwargs = {k: config[k] for k in _LLAMA_FIELDS if config.get(k) is not None}
+    text_kwargs = {k: config[k] for k in LLAMA_FIELDS if config.get(k) is not None}
     text_config = LlamaConfig(
         **text_kwargs,
         vocab_size=padded_vocab(base_vocab),

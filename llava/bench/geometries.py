@@ -1,0 +1,328 @@
+"""Named model geometries: the shapes the FLOPs formula and the latency harness need (no weights).
+
+A :class:`BenchGeometry` holds the vision encoder, projector and language-model widths of a LLaVA-style model
+and how many visual tokens one sample gives the LLM. Named geometries (``get_geometry(name)``):
+
+============== ====================================================================================================
+llava-1.5-7b   CLIP ViT-L/14-336 (24 layers, 1024 wide, 577 tokens), mlp2x_gelu, Vicuna-7B (32 x 4096, FFN 11008)
+llava-1.5-13b  same vision, Vicuna-13B (40 x 5120, FFN 13824)
+llava-next-7b  LLaVA-1.6-Vicuna-7B with AnyRes fixed at 672x672: 5 crops of 336 (base + 2x2) = 2880 visual tokens,
+               the "spatial" layout without unpad / newline tokens (FasterVLM's fixed-2880 convention)
+video-llava-7b LanguageBind video tower (CLIP ViT-L/14 at 224: 257 tokens per frame, 24 layers with temporal
+               attention over the 8 frames), 8 frames x 256 = 2048 visual tokens, Vicuna-7B
+tiny           :data:`llava.model.tiny.TINY` (the random test checkpoints)
+============== ====================================================================================================
+
+``text_tokens`` defaults to 60, the LLM-Viewer convention the FiCoCo paper used for its TFLOPs (pass the real
+prompt length to the FLOPs functions to count a real benchmark).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llava.compression.registry import ModelGeometry
+
+DEFAULT_TEXT_TOKENS = 60
+
+
+@dataclass(frozen=True)
+class BenchGeometry:
+    """Shapes of a LLaVA-style model for FLOPs / memory arithmetic and for building a random-weight copy.
+
+    Vision: ``images_per_sample`` images (crops or frames) of ``image_size`` px cut into ``patch_size`` patches, each
+    ``(image_size / patch_size)^2`` patches + 1 [CLS] through ``vision_layers`` pre-LN transformer layers
+    (``vision_hidden`` wide, GELU MLP of ``vision_intermediate``); ``temporal_frames > 1`` adds LanguageBind's
+    temporal attention sub-layer to every layer. Projector: ``projector_layers`` linear layers
+    ``vision_hidden -> llm_hidden (-> llm_hidden)``. LLM: ``llm_layers`` Llama layers (SwiGLU FFN of
+    ``llm_intermediate``, grouped-query attention with ``llm_kv_heads``), ``vocab_size`` for the LM head.
+    """
+
+    name: str
+    image_size: int = 336
+    patch_size: int = 14
+    vision_hidden: int = 1024
+    vision_intermediate: int = 4096
+    vision_layers: int = 24
+    vision_heads: int = 16
+    vision_feature_layer: int = -2
+    images_per_sample: int = 1
+    temporal_frames: int = 1
+    projector_layers: int = 2
+    llm_hidden: int = 4096
+    llm_intermediate: int = 11008
+    llm_layers: int = 32
+    llm_heads: int = 32
+    llm_kv_heads: int = 32
+    vocab_size: int = 32000
+    text_tokens: int = DEFAULT_TEXT_TOKENS
+    description: str = ""
+
+    # -- derived -------------------------------------------------------------------------------------------------
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return (side, side)
+
+    @property
+    def patches_per_image(self) -> int:
+        rows, cols = self.grid
+        return rows * cols
+
+    @property
+    def vision_tokens(self) -> int:
+        """Tokens per image inside the encoder ([CLS] + patches)."""
+        return self.patches_per_image + 1
+
+    @property
+    def visual_tokens(self) -> int:
+        """Visual tokens one sample gives the LLM without compression (576, 2880, 2048)."""
+        return self.images_per_sample * self.patches_per_image
+
+    @property
+    def llm_head_dim(self) -> int:
+        return self.llm_hidden // self.llm_heads
+
+    @property
+    def llm_kv_width(self) -> int:
+        """Width of one token's keys (= values) in one layer: ``kv_heads * head_dim``."""
+        return self.llm_kv_heads * self.llm_head_dim
+
+    @property
+    def vision_head_dim(self) -> int:
+        return self.vision_hidden // self.vision_heads
+
+    @property
+    def feature_layer(self) -> int:
+        return self.compression_geometry().feature_layer
+
+    def compression_geometry(self) -> ModelGeometry:
+        """The registry's :class:`ModelGeometry` (per image) for validating method configs."""
+        return ModelGeometry(
+            num_patches=self.patches_per_image,
+            grid=self.grid,
+            vision_layers=self.vision_layers,
+            llm_layers=self.llm_layers,
+            vision_feature_layer=self.vision_feature_layer,
+        )
+
+    def replace(self, **changes: Any) -> BenchGeometry:
+        """A copy with some fields changed (e.g. ``llm_layers=2`` for a CPU latency run)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_hf_config(self, attn_implementation: str = "sdpa"):
+        """A transformers ``LlavaConfig`` of this shape (CLIP vision tower, Llama LLM; random weights when built).
+
+        Video-LLaVA's temporal sub-layers and LLaVA-NeXT's AnyRes packing have no ``LlavaConfig`` equivalent: the
+        latency harness feeds ``images_per_sample`` separate images instead, which gives the same token counts
+        (the temporal attention is left out, see the latency output's notes).
+        """
+        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+        vision = CLIPVisionConfig(
+            hidden_size=self.vision_hidden,
+            intermediate_size=self.vision_intermediate,
+            num_hidden_layers=self.vision_layers,
+            num_attention_heads=self.vision_heads,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_act="quick_gelu",
+            layer_norm_eps=1e-5,
+            projection_dim=768,
+        )
+        # image id and pad id follow llava-hf: <image> = vocab, <pad> = vocab + 1, embeddings padded by 64
+        vocab = -(-(self.vocab_size + 2) // 64) * 64
+        text = LlamaConfig(
+            hidden_size=self.llm_hidden,
+            intermediate_size=self.llm_intermediate,
+            num_hidden_layers=self.llm_layers,
+            num_attention_heads=self.llm_heads,
+            num_key_value_heads=self.llm_kv_heads,
+            vocab_size=vocab,
+            max_position_embeddings=max(4096, self.visual_tokens + 1024),
+            rms_norm_eps=1e-5,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=self.vocab_size + 1,
+            tie_word_embeddings=False,
+        )
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=self.vocab_size,
+            image_seq_length=self.patches_per_image,
+            projector_hidden_act="gelu",
+            vision_feature_layer=self.vision_feature_layer,
+            vision_feature_select_strategy="default",
+            multimodal_projector_bias=True,
+        )
+        config._attn_implementation = attn_implementation
+        config.text_config._attn_implementation = attn_implementation
+        config.vision_config._attn_implementation = attn_implementation
+        return config
+
+
+def _tiny() -> BenchGeometry:
+    from llava.model.tiny import TINY
+
+    return BenchGeometry(
+        name="tiny",
+        image_size=TINY.image_size,
+        patch_size=TINY.patch_size,
+        vision_hidden=TINY.vision_hidden,
+        vision_intermediate=TINY.vision_intermediate,
+        vision_layers=TINY.vision_layers,
+        vision_heads=TINY.vision_heads,
+        llm_hidden=TINY.text_hidden,
+        llm_intermediate=TINY.text_intermediate,
+        llm_layers=TINY.text_layers,
+        llm_heads=TINY.text_heads,
+        llm_kv_heads=TINY.text_kv_heads,
+        vocab_size=TINY.base_vocab,
+        description="tiny random LLaVA-1.5-shaped test model (llava.model.tiny)",
+    )
+
+
+LLAVA_15_7B = BenchGeometry(
+    name="llava-1.5-7b",
+    description="LLaVA-1.5-7B: CLIP ViT-L/14-336 + mlp2x_gelu + Vicuna-7B, 576 visual tokens",
+)
+LLAVA_15_13B = BenchGeometry(
+    name="llava-1.5-13b",
+    llm_hidden=5120,
+    llm_intermediate=13824,
+    llm_layers=40,
+    llm_heads=40,
+    llm_kv_heads=40,
+    description="LLaVA-1.5-13B: CLIP ViT-L/14-336 + mlp2x_gelu + Vicuna-13B, 576 visual tokens",
+)
+LLAVA_NEXT_7B = BenchGeometry(
+    name="llava-next-7b",
+    images_per_sample=5,
+    description="LLaVA-NeXT-7B (1.6 Vicuna), AnyRes fixed at 672x672: 5 crops x 576 = 2880 visual tokens "
+    "(no unpad, no newline tokens)",
+)
+VIDEO_LLAVA_7B = BenchGeometry(
+    name="video-llava-7b",
+    image_size=224,
+    images_per_sample=8,
+    temporal_frames=8,
+    description="Video-LLaVA-7B: LanguageBind video tower (ViT-L/14 at 224, temporal attention), "
+    "8 frames x 256 = 2048 visual tokens, Vicuna-7B",
+)
+
+_NAMED: dict[str, BenchGeometry] = {g.name: g for g in (LLAVA_15_7B, LLAVA_15_13B, LLAVA_NEXT_7B, VIDEO_LLAVA_7B)}
+_ALIASES = {
+    "llava-v1.5-7b": "llava-1.5-7b",
+    "llava-v1.5-13b": "llava-1.5-13b",
+    "llava-1.5-7b-hf": "llava-1.5-7b",
+    "llava-1.5-13b-hf": "llava-1.5-13b",
+    "llava-v1.6-vicuna-7b": "llava-next-7b",
+    "llava-v1.6-7b": "llava-next-7b",
+    "llava-1.6-7b": "llava-next-7b",
+    "llava-v1.6-vicuna-7b-hf": "llava-next-7b",
+    "video-llava-7b-hf": "video-llava-7b",
+    "videollava-7b": "video-llava-7b",
+}
+
+
+def available_geometries() -> list[str]:
+    return sorted([*_NAMED, "tiny"])
+
+
+def get_geometry(name: str) -> BenchGeometry:
+    """A named geometry (case-insensitive; aliases such as ``llava-v1.5-7b`` accepted)."""
+    key = name.lower()
+    key = _ALIASES.get(key, key)
+    if key == "tiny":
+        return _tiny()
+    if key not in _NAMED:
+        raise KeyError(f"unknown model geometry {name!r}; choose one of: {', '.join(available_geometries())}")
+    return _NAMED[key]
+
+
+def geometry_for_checkpoint(checkpoint: str) -> BenchGeometry:
+    """The geometry of a checkpoint given by name (``llava-v1.5-7b``, ``liuhaotian/llava-v1.5-13b``, a results
+    file's ``checkpoint`` field) or by a local folder with a ``config.json`` (read, no weights loaded).
+
+    Raises ``KeyError`` when the name is not recognised and no readable config exists.
+    """
+    if os.path.isfile(os.path.join(str(checkpoint), "config.json")):
+        return geometry_from_config_file(str(checkpoint))
+    base = os.path.basename(os.path.normpath(str(checkpoint))).lower()
+    try:
+        return get_geometry(base)
+    except KeyError:
+        pass
+    size = re.search(r"(\d+)b\b", base)
+    if "tiny" in base:
+        return _tiny()
+    if "video" in base:
+        return VIDEO_LLAVA_7B
+    if re.search(r"v?1[._]6|next", base) and (size is None or size.group(1) == "7"):
+        return LLAVA_NEXT_7B
+    if re.search(r"v?1[._]5", base) and size is not None and size.group(1) in ("7", "13"):
+        return LLAVA_15_13B if size.group(1) == "13" else LLAVA_15_7B
+    raise KeyError(f"no model geometry known for checkpoint {checkpoint!r}")
+
+
+def geometry_from_config_file(model_path: str) -> BenchGeometry:
+    """Read a checkpoint folder's config (llava-hf layout, or original layout with its CLIP folder)."""
+    with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    if "vision_config" in cfg and "text_config" in cfg:
+        return geometry_from_hf_config(cfg, name=os.path.basename(os.path.normpath(model_path)))
+    from llava.model.original_layout import resolve_vision_tower
+
+    tower = resolve_vision_tower(cfg, model_path, None)
+    with open(os.path.join(tower, "config.json"), encoding="utf-8") as f:
+        vcfg = json.load(f)
+    vcfg = vcfg.get("vision_config", vcfg)
+    return _from_parts(
+        vcfg,
+        cfg,
+        name=os.path.basename(os.path.normpath(model_path)),
+        feature_layer=cfg.get("mm_vision_select_layer", -2),
+        projector=cfg.get("mm_projector_type", "mlp2x_gelu"),
+    )
+
+
+def geometry_from_hf_config(config: Any, name: str = "model") -> BenchGeometry:
+    """From a ``LlavaConfig`` (object or dict) of the llava-hf layout."""
+    cfg = config if isinstance(config, dict) else config.to_dict()
+    return _from_parts(
+        cfg["vision_config"], cfg["text_config"], name=name, feature_layer=cfg.get("vision_feature_layer", -2)
+    )
+
+
+def _from_parts(vision: dict, text: dict, name: str, feature_layer: Any, projector: str = "mlp2x_gelu"):
+    if not isinstance(feature_layer, int):
+        raise ValueError(f"vision_feature_layer={feature_layer!r}: only a single feature layer is supported")
+    m = re.match(r"mlp(\d+)x", str(projector))
+    heads = text.get("num_attention_heads", 32)
+    return BenchGeometry(
+        name=name,
+        image_size=vision.get("image_size", 336),
+        patch_size=vision.get("patch_size", 14),
+        vision_hidden=vision.get("hidden_size", 1024),
+        vision_intermediate=vision.get("intermediate_size", 4096),
+        vision_layers=vision.get("num_hidden_layers", 24),
+        vision_heads=vision.get("num_attention_heads", 16),
+        vision_feature_layer=feature_layer,
+        projector_layers=int(m.group(1)) if m else 1,
+        llm_hidden=text.get("hidden_size", 4096),
+        llm_intermediate=text.get("intermediate_size", 11008),
+        llm_layers=text.get("num_hidden_layers", 32),
+        llm_heads=heads,
+        llm_kv_heads=text.get("num_key_value_heads") or heads,
+        vocab_size=text.get("vocab_size", 32000),
+    )

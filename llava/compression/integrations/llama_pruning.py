@@ -1,0 +1,718 @@
+"""The engine for dropping visual tokens between decoder layers (``Stage.LLM``) of Llama-family decoders.
+
+Targets transformers 5.23 (pinned): ``LlamaModel`` and decoders with the same structure (``embed_tokens``,
+``layers[i].input_layernorm`` / ``.self_attn.{q_proj,k_proj,head_dim,scaling}``, ``rotary_emb``, ``norm``).
+
+Where it hooks (all per model instance, nothing at class level, no ``__class__`` swap):
+
+* ``language_model.forward`` is replaced with :func:`_forward` via ``types.MethodType``: a copy of
+  ``LlamaModel.forward`` (same decorators, so ``output_hidden_states`` keeps working) whose decoder loop stops
+  before each pruning layer ``K`` of the method's schedule;
+* on a LLaVA model, a forward pre-hook on the ``LlavaModel`` records ``input_ids == image_token_id`` of every call
+  (the visual tokens, wherever the image sits in each row), and ``model.generate`` is wrapped to publish the
+  per-row trace as ``model.llm_compression_trace``.
+
+Prefill (``past_key_values`` empty or absent), before layer ``K``:
+
+1. the method gets a :class:`~llava.compression.llm.base.PruneStep`: hidden states entering ``K`` and ``K-1``, masks
+   of visual / valid / prompt tokens, and on demand attention rows computed from layer ``K-1``'s or ``K``'s *own*
+   ``input_layernorm`` + ``q_proj`` + RoPE for the few queries it needs, against that layer's post-RoPE keys (read
+   from the ``DynamicCache`` for ``K-1``; recomputed with ``k_proj`` otherwise). SDPA/FlashAttention stay on in
+   every layer;
+2. it returns the visual tokens to keep per row (plus optional merged tokens, SparseVLM);
+3. each row's sequence becomes: its valid non-visual tokens + kept visual tokens (+ merged ones after the last kept
+   visual token), in sequence order; rows are left-filled to the longest row with masked filler (existing padding
+   or dropped tokens), so rows may keep different counts and text-only rows are untouched;
+4. hidden states, position ids (``original``: gathered; ``compact``: renumbered) and the 2-D mask are gathered;
+   ``cos``/``sin`` are recomputed from the new position ids and the 4-D mask is rebuilt with
+   ``create_causal_mask(..., position_ids=None, layer_idx=K)`` (sized from layer ``K``'s cache; ``position_ids=None``
+   avoids the packed-sequence trap). Layers ``>= K`` run on the shorter sequence and cache only its keys/values.
+
+Decode (``past_key_values`` non-empty): never re-prunes. ``generate()`` keeps advancing position ids and the 2-D
+mask in original coordinates (it reads layer 0's cache length, and layer 0 is never pruned). For the layers of
+each pruned segment the engine uses ``[segment prompt mask, new-token mask]`` and position ids minus the segment's
+shift (0 under ``original`` positions, so generated tokens continue after the original prompt length).
+
+Trace: after each prefill the engine records one dict per batch row with ``visual_tokens_per_layer`` (valid visual
+tokens in the *input* of every decoder layer, merged tokens included), ``avg_visual_tokens`` (their mean over
+layers) and ``llm_pruning_layers``; the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
+dict per *input* row (beams / returned sequences collapsed).
+
+Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
+line up); a 2-D ``attention_mask`` (or none); without a cache every forward re-prunes from its own last prompt token
+unless :func:`pin_prompt` fixes the prompt length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from llava.compression.llm import scoring
+from llava.compression.llm.base import LLMPruningMethod, PruneStep, RowSelection
+from llava.compression.llm.schedule import average_tokens
+from llava.compression.registry import CompressionConfigError, ModelGeometry
+
+STATE_ATTR = "_vtc_llm_pruning"
+TRACE_ATTR = "llm_compression_trace"
+
+
+# -- state ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    """Layers ``start ..`` of one prefill: their prompt part of the 2-D mask and the decode position shift."""
+
+    start: int
+    prompt_mask: torch.Tensor  # [B, T_s] long
+    shift: torch.Tensor  # [B] long: original position - segment position, for tokens after the prompt
+
+
+@dataclass
+class _Prefill:
+    prompt_length: int  # T of the prefill (original coordinates)
+    batch_size: int
+    segments: list[_Segment]
+
+
+@dataclass
+class EngineState:
+    """Per-instance state, stored in ``language_model.__dict__`` (never a registered submodule)."""
+
+    config: LLMPruningMethod
+    geometry: ModelGeometry
+    layers: tuple[int, ...]
+    image_token_id: int | None = None
+    pending_visual: torch.Tensor | None = None
+    prefill: _Prefill | None = None
+    last_trace: list[dict[str, Any]] | None = None
+    pinned_prompt: int | None = None
+    owner: Any = None  # weakref to the LlavaForConditionalGeneration, when applied through apply()
+    handles: list[Any] = field(default_factory=list)
+    saved: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def _state(module: Any) -> EngineState | None:
+    return module.__dict__.get(STATE_ATTR) if isinstance(module, torch.nn.Module) else None
+
+
+def _language_model(model: Any) -> Any:
+    """The decoder stack of a LLaVA model / CausalLM / bare decoder."""
+    for path in (("model", "language_model"), ("language_model",), ("model",)):
+        m = model
+        for name in path:
+            m = getattr(m, name, None)
+        if isinstance(m, torch.nn.Module) and hasattr(m, "layers") and hasattr(m, "rotary_emb"):
+            return m
+    if hasattr(model, "layers") and hasattr(model, "rotary_emb"):
+        return model
+    raise TypeError(f"no Llama-style decoder found in {type(model).__name__}")
+
+
+def _check_decoder(lm: Any) -> None:
+    needed = ("embed_tokens", "layers", "rotary_emb", "norm", "config")
+    missing = [n for n in needed if not hasattr(lm, n)]
+    layer = lm.layers[0] if hasattr(lm, "layers") and len(lm.layers) else None
+    for n in ("input_layernorm", "self_attn"):
+        if layer is not None and not hasattr(layer, n):
+            missing.append(f"layers[i].{n}")
+    attn = getattr(layer, "self_attn", None)
+    for n in ("q_proj", "k_proj", "head_dim", "scaling"):
+        if attn is not None and not hasattr(attn, n):
+            missing.append(f"self_attn.{n}")
+    if missing:
+        raise TypeError(
+            f"{type(lm).__name__} lacks {missing}: the in-LLM engine supports Llama-style decoders"
+        )
+
+
+# -- public API -----------------------------------------------------------------------------------------------------
+
+
+def attach(
+    language_model: torch.nn.Module,
+    config: LLMPruningMethod,
+    geometry: ModelGeometry,
+    image_token_id: int | None = None,
+) -> EngineState:
+    """Install the engine on a bare decoder (``LlamaModel``). Validates ``config`` against ``geometry`` first.
+
+    Visual tokens come from ``input_ids == image_token_id`` when the decoder gets ``input_ids``, or from a
+    ``visual_mask=[B, T] bool`` keyword argument of its ``forward``. Returns the engine state.
+    """
+    if not isinstance(config, LLMPruningMethod):
+        raise CompressionConfigError(f"{type(config).__name__} is not an in-LLM (Stage.LLM) method config")
+    _check_decoder(language_model)
+    if geometry.llm_layers != language_model.config.num_hidden_layers:
+        raise CompressionConfigError(
+            f"geometry says {geometry.llm_layers} LLM layers, the decoder has {language_model.config.num_hidden_layers}"
+        )
+    config.validate(geometry)
+    layers = tuple(config.prune_layers(geometry))
+    detach(language_model)
+    state = EngineState(config=config, geometry=geometry, layers=layers, image_token_id=image_token_id)
+    state.saved["forward"] = (language_model, language_model.__dict__.get("forward"))
+    language_model.__dict__[STATE_ATTR] = state
+    language_model.forward = types.MethodType(_forward, language_model)
+    return state
+
+
+def detach(language_model: torch.nn.Module) -> None:
+    """Undo :func:`attach` (no-op when nothing is attached)."""
+    state = _state(language_model)
+    if state is None:
+        return
+    for h in state.handles:
+        h.remove()
+    for name, (owner, previous) in state.saved.items():
+        owner.__dict__.pop(name, None)
+        if previous is not None:
+            owner.__dict__[name] = previous
+    del language_model.__dict__[STATE_ATTR]
+
+
+def supports(model: Any) -> bool:
+    try:
+        _check_decoder(_language_model(model))
+    except TypeError:
+        return False
+    return True
+
+
+def apply(model: Any, config: LLMPruningMethod, geometry: ModelGeometry | None = None) -> Any:
+    """Apply an in-LLM method to a ``LlavaForConditionalGeneration`` instance; returns ``model``.
+
+    Installs the decoder engine, a pre-hook on ``model.model`` (the ``LlavaModel``) that records where the image
+    tokens are in every call's ``input_ids``, and a per-instance ``generate`` wrapper that leaves
+    ``model.llm_compression_trace`` (one dict per input row) after each call.
+    """
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "language_model"):
+        raise TypeError(
+            f"apply() expects a LLaVA model with .model.language_model, got {type(model).__name__}"
+        )
+    if geometry is None:
+        from llava.compression.integrations.llava import model_geometry
+
+        geometry = model_geometry(model)
+    remove(model)
+    lm = base.language_model
+    state = attach(lm, config, geometry, image_token_id=model.config.image_token_id)
+    state.owner = weakref.ref(model)
+    state.handles.append(base.register_forward_pre_hook(_capture_visual(state), with_kwargs=True))
+    state.saved["generate"] = (model, model.__dict__.get("generate"))
+    model.generate = types.MethodType(_generate, model)
+    return model
+
+
+def remove(model: Any) -> Any:
+    """Undo :func:`apply` (no-op when nothing is applied); returns ``model``."""
+    try:
+        lm = _language_model(model)
+    except TypeError:
+        return model
+    detach(lm)
+    if isinstance(model, torch.nn.Module):
+        model.__dict__.pop(TRACE_ATTR, None)
+    return model
+
+
+def applied_config(model: Any) -> LLMPruningMethod | None:
+    """The in-LLM config applied to ``model`` (``None`` when none)."""
+    try:
+        state = _state(_language_model(model))
+    except TypeError:
+        return None
+    return None if state is None else state.config
+
+
+def last_trace(model: Any) -> list[dict[str, Any]] | None:
+    """Per-row traces of the last prefill on ``model`` (one per *batch* row of that forward)."""
+    try:
+        state = _state(_language_model(model))
+    except TypeError:
+        return None
+    return None if state is None else state.last_trace
+
+
+@contextlib.contextmanager
+def pin_prompt(model: Any, length: int):
+    """Within the block, only the first ``length`` input positions count as the prompt for scoring.
+
+    For a cache-free greedy loop that recomputes the pruned forward on prompt + generated tokens: the query row
+    (FastV, PyramidDrop), raters (SparseVLM) and pivots (DART) stay those of the prompt, so every step keeps the
+    same tokens as the cached ``generate()`` does.
+    """
+    state = _state(_language_model(model))
+    if state is None:
+        raise RuntimeError("no in-LLM method is applied to this model")
+    previous, state.pinned_prompt = state.pinned_prompt, int(length)
+    try:
+        yield
+    finally:
+        state.pinned_prompt = previous
+
+
+# -- hooks on the LLaVA model ---------------------------------------------------------------------------------------
+
+
+def _capture_visual(state: EngineState):
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            state.pending_visual = ids == state.image_token_id
+            return
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            state.pending_visual = None
+            return
+        token = torch.tensor(state.image_token_id, device=embeds.device)
+        state.pending_visual = (embeds == module.get_input_embeddings()(token)).all(-1)
+
+    return hook
+
+
+def _generate(self, *args: Any, **kwargs: Any):
+    """``generate`` that publishes the in-LLM trace as ``self.llm_compression_trace`` (one dict per input row)."""
+    state = _state(self.model.language_model)
+    _, previous = state.saved["generate"]
+    original = previous if previous is not None else types.MethodType(type(self).generate, self)
+    state.last_trace = None
+    self.__dict__[TRACE_ATTR] = None
+    inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+    result = original(*args, **kwargs)
+    trace = state.last_trace
+    if trace and inputs is not None and len(trace) % inputs.shape[0] == 0:
+        # generate() repeats each input row (beams, num_return_sequences): one trace per input row
+        trace = trace[:: len(trace) // inputs.shape[0]]
+    self.__dict__[TRACE_ATTR] = trace
+    return result
+
+
+# -- the replaced decoder forward ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _View:
+    """What the decoder layers of one segment receive."""
+
+    mask: Any
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    position_ids: torch.Tensor
+
+
+@merge_with_config_defaults
+@capture_outputs
+def _forward(
+    self,
+    input_ids: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.LongTensor | None = None,
+    past_key_values: Cache | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    use_cache: bool | None = None,
+    **kwargs: Any,
+) -> BaseModelOutputWithPast:
+    """``LlamaModel.forward`` (5.23) with the decoder loop split at the method's pruning layers."""
+    state: EngineState = self.__dict__[STATE_ATTR]
+    visual = kwargs.pop("visual_mask", None)
+    pending, state.pending_visual = state.pending_visual, None
+    if (input_ids is None) ^ (inputs_embeds is not None):
+        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+    if visual is None and input_ids is not None and state.image_token_id is not None:
+        visual = input_ids == state.image_token_id
+    if visual is None:
+        visual = pending
+    if inputs_embeds is None:
+        inputs_embeds = self.embed_tokens(input_ids)
+    if use_cache and past_key_values is None:
+        past_key_values = DynamicCache(config=self.config)
+    if past_key_values is not None and not isinstance(past_key_values, DynamicCache):
+        raise TypeError(
+            f"in-LLM token pruning needs a DynamicCache (per-layer cache lengths differ), got "
+            f"{type(past_key_values).__name__}; do not set cache_implementation='static'"
+        )
+    past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+    if position_ids is None:
+        position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
+        position_ids = position_ids.unsqueeze(0)
+
+    causal_mask = create_causal_mask(
+        config=self.config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        past_key_values=past_key_values,
+        position_ids=position_ids,
+    )
+    hidden_states = inputs_embeds
+    view = _View(causal_mask, self.rotary_emb(hidden_states, position_ids=position_ids), position_ids)
+
+    if past_seen == 0:
+        run: _PrefillRun | _DecodeRun | None = _PrefillRun(
+            self, state, inputs_embeds, attention_mask, position_ids, visual, past_key_values
+        )
+    else:
+        run = _DecodeRun.create(self, state, attention_mask, position_ids, past_key_values, past_seen)
+
+    layer_input = hidden_states
+    for i, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+        if run is not None and i in run.starts:
+            hidden_states, view = run.enter(i, hidden_states, layer_input, view)
+        layer_input = hidden_states
+        hidden_states = decoder_layer(
+            hidden_states,
+            attention_mask=view.mask,
+            position_embeddings=view.position_embeddings,
+            position_ids=view.position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+    if isinstance(run, _PrefillRun):
+        run.finish()
+
+    hidden_states = self.norm(hidden_states)
+    return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+# -- prefill: scoring and pruning ----------------------------------------------------------------------------------
+
+
+class _Step(PruneStep):
+    """:class:`PruneStep` backed by the decoder: q/k of layers ``K-1`` and ``K`` for the current tokens."""
+
+    def __init__(
+        self,
+        run: _PrefillRun,
+        layer: int,
+        stage: int,
+        hidden: torch.Tensor,
+        prev_hidden: torch.Tensor,
+        view: _View,
+    ):
+        self.run, self.layer, self.stage = run, layer, stage
+        self.hidden, self.prev_hidden = hidden, prev_hidden
+        b, t = hidden.shape[:2]
+        cos, sin = view.position_embeddings
+        self._cos, self._sin = cos.expand(b, t, -1), sin.expand(b, t, -1)
+        self.visual, self.valid, self.prompt, self.orig_index = (
+            run.visual,
+            run.valid,
+            run.prompt,
+            run.orig_index,
+        )
+        self.inputs_embeds, self.input_visual, self.input_prompt = (
+            run.inputs_embeds,
+            run.input_visual,
+            run.input_prompt,
+        )
+        self._keys: dict[int, torch.Tensor] = {}
+
+    def _source(self, layer: int) -> torch.Tensor:
+        if layer == self.layer - 1:
+            return self.prev_hidden
+        if layer == self.layer:
+            return self.hidden
+        raise ValueError(
+            f"before layer {self.layer} only layers {self.layer - 1} and {self.layer} can be scored"
+        )
+
+    def keys(self, layer: int) -> torch.Tensor:
+        if layer in self._keys:
+            return self._keys[layer]
+        src = self._source(layer)
+        cache = self.run.cache
+        t = src.shape[1]
+        if (
+            layer == self.layer - 1
+            and cache is not None
+            and layer < len(cache.layers)
+            and getattr(cache.layers[layer], "keys", None) is not None
+            and cache.layers[layer].keys.dim() == 4
+            and cache.layers[layer].keys.shape[-2] == t
+        ):
+            k = cache.layers[layer].keys  # exactly what layer K-1 attended with (post-RoPE)
+        else:
+            block = self.run.lm.layers[layer]
+            attn = block.self_attn
+            x = block.input_layernorm(src)
+            k = attn.k_proj(x).view(src.shape[0], t, -1, attn.head_dim).transpose(1, 2)
+            k = scoring.apply_rope(k, self._cos, self._sin)
+        self._keys[layer] = k
+        return k
+
+    def queries(self, layer: int, index: torch.Tensor) -> torch.Tensor:
+        """``[B, H, Q, d]`` post-RoPE queries of layer ``layer`` for current token indices ``[B, Q]``."""
+        src = self._source(layer)
+        block = self.run.lm.layers[layer]
+        attn = block.self_attn
+        d = src.shape[-1]
+        x = torch.gather(src, 1, index[..., None].expand(-1, -1, d))
+        x = block.input_layernorm(x)
+        q = attn.q_proj(x).view(index.shape[0], index.shape[1], -1, attn.head_dim).transpose(1, 2)
+        hd = self._cos.shape[-1]
+        cos = torch.gather(self._cos, 1, index[..., None].expand(-1, -1, hd))
+        sin = torch.gather(self._sin, 1, index[..., None].expand(-1, -1, hd))
+        return scoring.apply_rope(q, cos, sin)
+
+    def attention(
+        self, layer: int, queries: torch.Tensor, query_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        queries = queries.to(self.hidden.device, torch.long)
+        q = self.queries(layer, queries)
+        k = self.keys(layer)
+        allowed = scoring.causal_allowed(queries, self.valid)
+        return scoring.attention_rows(q, k, self.run.lm.layers[layer].self_attn.scaling, allowed)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run.lm.norm(x)
+
+
+class _PrefillRun:
+    """One prefill forward: current token bookkeeping, pruning at each scheduled layer, the trace."""
+
+    def __init__(self, lm, state: EngineState, inputs_embeds, attention_mask, position_ids, visual, cache):
+        self.lm, self.state, self.cache = lm, state, cache
+        self.inputs_embeds = inputs_embeds
+        b, t = inputs_embeds.shape[:2]
+        dev = inputs_embeds.device
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none)")
+        self.valid = (
+            torch.ones(b, t, dtype=torch.bool, device=dev)
+            if attention_mask is None
+            else attention_mask.bool()
+        )
+        if visual is None or tuple(visual.shape) != (b, t):
+            visual = torch.zeros(b, t, dtype=torch.bool, device=dev)
+        self.visual = visual.to(dev).bool() & self.valid
+        positions = torch.arange(t, device=dev).expand(b, t)
+        self.prompt = self.valid.clone()
+        if state.pinned_prompt is not None:
+            self.prompt &= positions < state.pinned_prompt
+        self.input_visual, self.input_prompt = self.visual, self.prompt
+        self.orig_index = positions
+        self.positions = position_ids.expand(b, t)
+        self.next_position = self.positions.masked_fill(~self.valid, -1).amax(dim=1) + 1
+        self.mode = state.config.position_mode()
+        self.prompt_length, self.batch_size = t, b
+        self.starts = state.layers if bool(self.visual.any()) else ()
+        self.segments: list[_Segment] = []
+        self.counts: list[tuple[int, list[int]]] = [(0, self.visual.sum(dim=1).tolist())]
+
+    def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
+        stage = self.state.layers.index(layer)
+        step = _Step(self, layer, stage, hidden, prev_hidden, view)
+        selections = self.state.config.select(step)
+        if len(selections) != hidden.shape[0]:
+            raise RuntimeError(
+                f"{self.state.config.name}: select() returned {len(selections)} rows, not {hidden.shape[0]}"
+            )
+        return self._rebuild(layer, hidden, step, selections)
+
+    def _rebuild(self, layer: int, hidden: torch.Tensor, step: _Step, selections: list[RowSelection | None]):
+        b, t, d = hidden.shape
+        dev = hidden.device
+        rows, merged_rows, merged_pos, kept_sets = [], [], [], []
+        for r in range(b):
+            sel = selections[r]
+            vis = step.visual_indices(r)
+            if sel is None or vis.numel() == 0:
+                kept = torch.nonzero(self.valid[r]).flatten()
+                rows.append(kept)
+                kept_sets.append(kept)
+                merged_rows.append(None)
+                merged_pos.append(None)
+                continue
+            keep = _check_keep(sel.keep, vis.numel(), self.state.config.name).to(dev)
+            keep_mask = self.valid[r] & ~self.visual[r]
+            keep_mask[vis[keep]] = True
+            kept = torch.nonzero(keep_mask).flatten()
+            kept_sets.append(kept)
+            m = 0 if sel.merged is None else sel.merged.shape[0]
+            if m == 0:
+                rows.append(kept)
+                merged_rows.append(None)
+                merged_pos.append(None)
+                continue
+            anchor = vis[keep][-1] if keep.numel() else vis[-1]
+            cut = int((kept <= anchor).sum())
+            slots = t + torch.arange(m, device=dev)
+            rows.append(torch.cat([kept[:cut], slots, kept[cut:]]))
+            source = (
+                vis[sel.merged_position_of.to(dev)]
+                if sel.merged_position_of is not None
+                else anchor.expand(m)
+            )
+            merged_rows.append(sel.merged.to(hidden.dtype))
+            merged_pos.append(self.positions[r, source])
+
+        # Left-fill every row to the longest one with masked filler: the row's own unused tokens (its padding and
+        # dropped tokens, so that keeping everything reproduces the input layout exactly), else a blank slot.
+        new_t = max(int(x.numel()) for x in rows)
+        max_m = max((x.shape[0] for x in merged_rows if x is not None), default=0)
+        blank = t + max_m  # source index of an all-zero filler slot (only materialised when needed)
+        index = torch.empty(b, new_t, dtype=torch.long, device=dev)
+        valid = torch.zeros(b, new_t, dtype=torch.bool, device=dev)
+        need_blank = False
+        for r in range(b):
+            n = rows[r].numel()
+            fill = new_t - n
+            if fill:
+                unused = torch.ones(t, dtype=torch.bool, device=dev)
+                unused[kept_sets[r]] = False
+                filler = torch.nonzero(unused).flatten()[:fill]
+                if (
+                    filler.numel() < fill
+                ):  # a method merged more tokens into another row than this row dropped
+                    need_blank = True
+                    filler = torch.cat([torch.full((fill - filler.numel(),), blank, device=dev), filler])
+                index[r, :fill] = filler
+            index[r, fill:] = rows[r]
+            valid[r, fill:] = True
+
+        src_hidden, src_pos = hidden, self.positions
+        src_visual, src_prompt, src_orig = self.visual, self.prompt, self.orig_index
+        extra = max_m + int(need_blank)
+        if extra:
+            pad = torch.zeros(b, extra, d, dtype=hidden.dtype, device=dev)
+            pos_pad = torch.zeros(b, extra, dtype=self.positions.dtype, device=dev)
+            flag = torch.zeros(b, extra, dtype=torch.bool, device=dev)
+            for r, (mr, mp) in enumerate(zip(merged_rows, merged_pos)):
+                if mr is not None:
+                    pad[r, : mr.shape[0]] = mr
+                    pos_pad[r, : mp.shape[0]] = mp
+                    flag[r, : mr.shape[0]] = True  # merged tokens are visual prompt tokens
+            src_hidden = torch.cat([hidden, pad], dim=1)
+            src_pos = torch.cat([self.positions, pos_pad], dim=1)
+            src_visual = torch.cat([self.visual, flag], dim=1)
+            src_prompt = torch.cat([self.prompt, flag], dim=1)
+            src_orig = torch.cat([self.orig_index, torch.full_like(pos_pad, -1)], dim=1)
+
+        new_hidden = torch.gather(src_hidden, 1, index[..., None].expand(-1, -1, d))
+        positions = torch.gather(src_pos, 1, index)
+        if self.mode == "compact":
+            base = self.positions.masked_fill(~self.valid, torch.iinfo(self.positions.dtype).max).amin(dim=1)
+            ranks = valid.long().cumsum(dim=1) - 1
+            positions = torch.where(valid, base[:, None] + ranks, positions)
+            shift = self.next_position - (positions.masked_fill(~valid, -1).amax(dim=1) + 1)
+        else:
+            shift = torch.zeros(b, dtype=torch.long, device=dev)
+        self.visual = torch.gather(src_visual, 1, index) & valid
+        self.prompt = torch.gather(src_prompt, 1, index) & valid
+        self.orig_index = torch.gather(src_orig, 1, index)
+        self.valid, self.positions = valid, positions
+        self.counts.append((layer, self.visual.sum(dim=1).tolist()))
+
+        mask_2d = valid.long()
+        self.segments.append(_Segment(start=layer, prompt_mask=mask_2d, shift=shift))
+        mask = create_causal_mask(
+            config=self.lm.config,
+            inputs_embeds=new_hidden,
+            attention_mask=mask_2d,
+            past_key_values=self.cache,
+            position_ids=None,
+            layer_idx=layer,
+        )
+        view = _View(mask, self.lm.rotary_emb(new_hidden, position_ids=positions), positions)
+        return new_hidden, view
+
+    def finish(self) -> None:
+        num_layers = self.lm.config.num_hidden_layers
+        traces = []
+        for r in range(self.batch_size):
+            per_layer = [0] * num_layers
+            for start, counts in self.counts:
+                for layer in range(start, num_layers):
+                    per_layer[layer] = int(counts[r])
+            traces.append(
+                {
+                    "visual_tokens_per_layer": per_layer,
+                    "avg_visual_tokens": average_tokens(per_layer),
+                    "llm_pruning_layers": list(self.state.layers),
+                    **self.state.config.trace_extras(self.state.geometry),
+                }
+            )
+        self.state.last_trace = traces
+        owner = self.state.owner() if self.state.owner is not None else None
+        if owner is not None:
+            owner.__dict__[TRACE_ATTR] = traces
+        self.state.prefill = (
+            _Prefill(self.prompt_length, self.batch_size, self.segments)
+            if self.cache is not None and self.segments
+            else None
+        )
+
+
+def _check_keep(keep: Any, num_visual: int, method: str) -> torch.Tensor:
+    if not isinstance(keep, torch.Tensor) or keep.dim() != 1:
+        raise RuntimeError(f"{method}: RowSelection.keep must be a 1-D index tensor")
+    keep = keep.long()
+    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= num_visual):
+        raise RuntimeError(f"{method}: kept index out of range for {num_visual} visual tokens")
+    keep = torch.unique(keep)  # sorted, distinct
+    return keep
+
+
+# -- decode: reuse the pruned segments ------------------------------------------------------------------------------
+
+
+class _DecodeRun:
+    """A forward after the prefill: per-segment 2-D masks and shifted position ids; never re-prunes."""
+
+    def __init__(self, lm, record: _Prefill, attention_mask, position_ids, cache, past_seen: int):
+        self.lm, self.record, self.cache = lm, record, cache
+        self.attention_mask, self.position_ids, self.past_seen = attention_mask, position_ids, past_seen
+        self.starts = {s.start: s for s in record.segments}
+
+    @classmethod
+    def create(cls, lm, state: EngineState, attention_mask, position_ids, cache, past_seen: int):
+        record = state.prefill
+        if record is None:
+            return None
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none)")
+        return cls(lm, record, attention_mask, position_ids, cache, past_seen)
+
+    def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
+        seg = self.starts[layer]
+        b, q = hidden.shape[:2]
+        record = self.record
+        if b != record.batch_size:
+            raise RuntimeError(
+                f"decode batch {b} does not match the pruned prefill batch {record.batch_size} (a cache is tied to "
+                "the prompts it was filled with)"
+            )
+        extra = self.past_seen + q - record.prompt_length  # tokens after the prompt, this step's included
+        cached = self.cache.get_seq_length(layer)
+        if cached != seg.prompt_mask.shape[1] + extra - q:
+            raise RuntimeError(
+                f"layer {layer} caches {cached} tokens, expected {seg.prompt_mask.shape[1] + extra - q}: the cache does "
+                "not belong to the last pruned prefill"
+            )
+        if self.attention_mask is not None:
+            tail = self.attention_mask[:, record.prompt_length :].to(seg.prompt_mask.dtype)
+        else:
+            tail = torch.ones(b, extra, dtype=seg.prompt_mask.dtype, device=hidden.device)
+        mask_2d = torch.cat([seg.prompt_mask, tail], dim=1)
+        positions = self.position_ids.expand(b, q) - seg.shift[:, None]
+        mask = create_causal_mask(
+            config=self.lm.config,
+            inputs_embeds=hidden,
+            attention_mask=mask_2d,
+            past_key_values=self.cache,
+            position_ids=None,
+            layer_idx=layer,
+        )
+        return hidden, _View(mask, self.lm.rotary_emb(hidden, position_ids=positions), positions)

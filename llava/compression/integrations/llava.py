@@ -1,0 +1,420 @@
+"""Pre-LLM compression on transformers' ``LlavaForConditionalGeneration`` (5.23), per model instance.
+
+Nothing is patched at class level and no attention backend is switched:
+
+* the [CLS] query rows and keys a method needs come from forward hooks on
+  ``vision_tower.encoder.layers[i].self_attn.q_proj`` / ``.k_proj``, installed only while images are encoded;
+* ``model.model.get_image_features`` (the base ``LlavaModel``'s) is replaced on the instance by
+  :func:`_get_image_features` (same parameter names, ``pixel_values`` first): it runs the tower, takes
+  ``hidden_states[vision_feature_layer]``, reduces the tokens *before* the projector, projects them and returns a
+  :class:`CompressedImageFeatures` whose ``pooler_output`` is a list of per-image ``[k_i, D]`` tensors and whose
+  ``compression_trace`` holds one dict per image (``visual_tokens``, ``kept_indices``, method extras);
+* ``model.generate`` is wrapped on the instance: it encodes the images first, shrinks each image's placeholder
+  run in ``input_ids`` / ``attention_mask`` to its ``k_i`` (re-padded on the left) and calls the original
+  ``generate`` with ``mm_encoder_outputs``. The returned sequences start with the caller's *original* prompts, as
+  without compression, so slicing new tokens at ``input_ids.shape[1]`` keeps working. The traces of the last call
+  are in :func:`last_trace` (each with the batch ``row`` of its image) and on the result as ``compression_trace``.
+
+``forward`` is not wrapped: for a teacher-forced forward pass use :func:`prepare_multimodal_inputs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import LlavaForConditionalGeneration, LlavaModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from llava.compression.placeholders import find_image_spans, restore_prompts, shrink_placeholder_runs
+from llava.compression.pre_llm import PreLLMMethod, VisionSignals
+from llava.compression.registry import (
+    CompressionConfigError,
+    MethodConfig,
+    MethodSpec,
+    ModelGeometry,
+    NoCompression,
+    Stage,
+    get_method,
+    make_config,
+)
+
+STATE_ATTR = "_vtc_compression_state"
+
+
+@dataclass
+class CompressedImageFeatures(BaseModelOutputWithPooling):
+    """``get_image_features`` output under compression.
+
+    pooler_output: list of per-image ``[k_i, D]`` projected tokens (what the LLM receives).
+    compression_trace: list (one per image) of JSON-serialisable dicts with at least ``visual_tokens`` (int) and
+        ``kept_indices`` (ascending patch indices; for merge methods the kept / centre tokens).
+    token_groups: list of per-image ``[N]`` long tensors, the output token each patch went into (-1 = dropped).
+    """
+
+    compression_trace: list[dict[str, Any]] | None = None
+    token_groups: list[torch.Tensor] | None = None
+
+
+@dataclass
+class _State:
+    config: PreLLMMethod
+    spec: MethodSpec
+    geometry: ModelGeometry
+    layers: tuple[int, ...]
+    saved: dict[str, tuple[Any, Any]]  # attribute -> (owner, previous instance attribute or None)
+    last_trace: list[dict[str, Any]] | None = None
+
+
+def supports(model: Any) -> bool:
+    return isinstance(model, LlavaForConditionalGeneration)
+
+
+def model_geometry(model: LlavaForConditionalGeneration | LlavaModel) -> ModelGeometry:
+    """Patch grid, layer counts and feature layer read from the model's config."""
+    cfg = model.config
+    vc = cfg.vision_config
+    side = vc.image_size // vc.patch_size
+    vfl = cfg.vision_feature_layer
+    if not isinstance(vfl, int):
+        raise CompressionConfigError(
+            f"vision_feature_layer={vfl!r}: only a single feature layer is supported"
+        )
+    return ModelGeometry(
+        num_patches=side * side,
+        grid=(side, side),
+        vision_layers=vc.num_hidden_layers,
+        llm_layers=cfg.text_config.num_hidden_layers,
+        vision_feature_layer=vfl,
+    )
+
+
+def apply(model: LlavaForConditionalGeneration, method: str | MethodConfig, **method_kwargs: Any):
+    """Compress ``model`` with ``method`` (a name plus its arguments, or a built config); returns ``model``.
+
+    Everything is validated against the model's geometry before the model is touched. A previous method is
+    replaced; ``"none"`` just removes it.
+    """
+    if not supports(model):
+        raise TypeError(
+            f"the llava integration handles LlavaForConditionalGeneration, not {type(model).__name__}"
+        )
+    config = _build_config(model, method, method_kwargs)
+    spec = get_method(config.name)
+    if isinstance(config, NoCompression):
+        remove(model)
+        return model
+    # --- in-encoder methods (Stage.VISION_ENCODER: ToMe, FiCoCo-V) merge inside the CLIP tower
+    #     (integrations/clip_merging.py); FiCoCo-VL adds its LLM stage through the in-LLM engine ---
+    if Stage.VISION_ENCODER in spec.stages:
+        from llava.compression.integrations import clip_merging
+
+        remove(model)
+        clip_merging.apply(model, config, spec)
+        if Stage.LLM in spec.stages:
+            from llava.compression.integrations import llama_pruning
+
+            geometry = model_geometry(model)
+            llama_pruning.apply(model, config.llm_for(geometry), geometry)
+        return model
+    # --- end in-encoder dispatch ---
+    # --- in-LLM methods (Stage.LLM) run in the decoder-loop engine (integrations/llama_pruning.py) ---
+    if spec.stages == (Stage.LLM,):
+        from llava.compression.integrations import llama_pruning
+
+        remove(model)
+        return llama_pruning.apply(model, config, model_geometry(model))
+    # --- end in-LLM dispatch ---
+    unsupported = [s.value for s in spec.stages if s is not Stage.PRE_LLM]
+    if unsupported or not isinstance(config, PreLLMMethod):
+        raise CompressionConfigError(
+            f"method {spec.name!r} acts at stage(s) {unsupported or [s.value for s in spec.stages]}, which the LLaVA "
+            "integration does not provide yet"
+        )
+    strategy = model.config.vision_feature_select_strategy
+    if strategy != "default":
+        raise CompressionConfigError(
+            f"vision_feature_select_strategy={strategy!r}: only 'default' is supported"
+        )
+    geometry = model_geometry(model)
+    layers = tuple(sorted(set(config.probe_layers(geometry))))
+    remove(model)
+    base = model.model
+    saved = {
+        "get_image_features": (base, base.__dict__.get("get_image_features")),
+        "generate": (model, model.__dict__.get("generate")),
+    }
+    state = _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved)
+    base.__dict__[STATE_ATTR] = state
+    base.get_image_features = types.MethodType(_get_image_features, base)
+    model.generate = types.MethodType(_generate, model)
+    return model
+
+
+def remove(model: Any) -> Any:
+    """Undo :func:`apply` on ``model`` (no-op when nothing is applied); returns ``model``."""
+    from llava.compression.integrations import llama_pruning  # in-LLM methods (Stage.LLM)
+
+    llama_pruning.remove(model)
+    base = getattr(model, "model", None)
+    state = base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
+    if state is None:
+        return model
+    for name, (owner, previous) in state.saved.items():
+        owner.__dict__.pop(name, None)
+        if previous is not None:
+            owner.__dict__[name] = previous
+    del base.__dict__[STATE_ATTR]
+    return model
+
+
+def applied_config(model: Any) -> MethodConfig:
+    """The config applied to ``model`` (``NoCompression`` when none)."""
+    from llava.compression.integrations import llama_pruning  # in-LLM methods (Stage.LLM)
+
+    llm_config = llama_pruning.applied_config(model)
+    if llm_config is not None:
+        return llm_config
+    state = _state_of(model)
+    return NoCompression() if state is None else state.config
+
+
+def last_trace(model: Any) -> list[dict[str, Any]] | None:
+    """Per-image traces of the last image encoding on ``model`` (``None`` before any / without a method)."""
+    state = _state_of(model)
+    return None if state is None else state.last_trace
+
+
+def prepare_multimodal_inputs(
+    model: LlavaForConditionalGeneration,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pixel_values: torch.Tensor,
+    pad_token_id: int | None = None,
+    **encoder_kwargs: Any,
+) -> dict[str, Any]:
+    """Encode the images (with the applied method) and shrink the prompts' placeholder runs to match.
+
+    Returns ``{"input_ids", "attention_mask", "mm_encoder_outputs", "compression_trace"}``; the first three can be
+    passed to ``model(...)`` or ``model.generate(...)`` (not wrapped) directly. Traces carry the image's ``row``.
+    """
+    state = _state_of(model)
+    encoded = model.model.get_image_features(pixel_values=pixel_values, **encoder_kwargs)
+    feats = list(encoded.pooler_output)
+    counts = [int(f.shape[0]) for f in feats]
+    image_token_id = model.config.image_token_id
+    per_image = state.geometry.num_patches if state is not None else None
+    spans = find_image_spans(input_ids, attention_mask, image_token_id, len(feats), per_image)
+    new_ids, new_mask = shrink_placeholder_runs(
+        input_ids,
+        attention_mask,
+        image_token_id,
+        counts,
+        _pad_id(model, pad_token_id),
+        tokens_per_image=per_image,
+    )
+    traces = getattr(encoded, "compression_trace", None)
+    traces = [{**t, "row": s.row} for t, s in zip(traces, spans)] if traces is not None else None
+    if state is not None:
+        state.last_trace = traces
+    return {
+        "input_ids": new_ids,
+        "attention_mask": new_mask,
+        "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=feats)},
+        "compression_trace": traces,
+    }
+
+
+# -- internals --------------------------------------------------------------------------------------------------
+
+
+def _build_config(model: Any, method: str | MethodConfig, kwargs: dict[str, Any]) -> MethodConfig:
+    if isinstance(method, MethodConfig):
+        if kwargs:
+            raise CompressionConfigError(
+                "pass either a method config or a method name with arguments, not both"
+            )
+        if not isinstance(method, NoCompression):
+            method.validate(model_geometry(model))
+        return method
+    if not isinstance(method, str):
+        raise CompressionConfigError(f"method must be a name or a MethodConfig, got {type(method).__name__}")
+    if get_method(method).config_cls is NoCompression:
+        return make_config(method, None, **kwargs)
+    return make_config(method, model_geometry(model), **kwargs)
+
+
+def _state_of(model: Any) -> _State | None:
+    base = getattr(model, "model", model)
+    return base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
+
+
+def _pad_id(model: Any, pad_token_id: int | None) -> int:
+    for candidate in (
+        pad_token_id,
+        getattr(model.generation_config, "pad_token_id", None),
+        getattr(model.config.text_config, "pad_token_id", None),
+    ):
+        if candidate is not None:
+            return int(candidate[0] if isinstance(candidate, list | tuple) else candidate)
+    return 0
+
+
+def _pixel_key(pixels: torch.Tensor) -> int:
+    """A stable 63-bit digest of one image's pixel tensor (same pixels -> same key, whatever the batch)."""
+    raw = pixels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 1
+
+
+class _QKProbe:
+    """Forward hooks on the ``q_proj`` / ``k_proj`` of some encoder layers while the context is open."""
+
+    def __init__(self, tower: torch.nn.Module, layers: tuple[int, ...]):
+        self.tower, self.layers = tower, layers
+        self.queries: dict[int, torch.Tensor] = {}
+        self.keys: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _QKProbe:
+        for i in self.layers:
+            attn = self.tower.encoder.layers[i].self_attn
+            self._handles.append(
+                attn.q_proj.register_forward_hook(self._store(self.queries, i, cls_only=True))
+            )
+            self._handles.append(attn.k_proj.register_forward_hook(self._store(self.keys, i, cls_only=False)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @staticmethod
+    def _store(into: dict[int, torch.Tensor], layer: int, cls_only: bool):
+        def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+            into[layer] = output[:, :1].clone() if cls_only else output
+
+        return hook
+
+
+def collect_vision_signals(
+    model: Any,
+    pixel_values: torch.Tensor,
+    layers: tuple[int, ...] = (),
+    with_image_keys: bool = False,
+    **tower_kwargs: Any,
+) -> tuple[VisionSignals, Any]:
+    """Run the vision tower of ``model`` (a ``LlavaForConditionalGeneration`` or its ``LlavaModel``) once and
+    collect the :class:`VisionSignals` of the feature layer plus the [CLS] query rows and keys of ``layers``.
+
+    Returns ``(signals, tower_output)``. Works whether or not a method is applied.
+    """
+    base = model.model if isinstance(model, LlavaForConditionalGeneration) else model
+    geometry = model_geometry(base)
+    vfl = geometry.vision_feature_layer
+    tower = base.vision_tower
+    output_hidden_states = tower_kwargs.pop("output_hidden_states", None) or (vfl if vfl != 0 else True)
+    with _QKProbe(tower, tuple(layers)) as probe:
+        out = tower(pixel_values, output_hidden_states=output_hidden_states, return_dict=True, **tower_kwargs)
+    signals = VisionSignals(
+        tokens=out.hidden_states[vfl],
+        grid=geometry.grid,
+        feature_layer=geometry.feature_layer,
+        num_layers=geometry.vision_layers,
+        num_heads=tower.encoder.layers[0].self_attn.num_heads,
+        queries=probe.queries,
+        keys=probe.keys,
+        project=base.multi_modal_projector,
+        image_keys=[_pixel_key(p) for p in pixel_values] if with_image_keys else None,
+    )
+    return signals, out
+
+
+def _get_image_features(
+    self,
+    pixel_values: torch.Tensor,
+    vision_feature_layer: int | list[int] | None = None,
+    vision_feature_select_strategy: str | None = None,
+    image_sizes: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> CompressedImageFeatures:
+    """``LlavaModel.get_image_features`` with the applied pre-LLM method between the tower and the projector."""
+    state: _State = self.__dict__[STATE_ATTR]
+    vfl = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+    strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+    if vfl != state.geometry.vision_feature_layer or strategy != "default":
+        raise ValueError(
+            f"compression was applied for vision_feature_layer={state.geometry.vision_feature_layer} and the "
+            f"'default' strategy; got {vfl!r} / {strategy!r}"
+        )
+    if image_sizes is not None:
+        raise ValueError("image_sizes (variable-size images) is not supported with compression")
+    kwargs.pop("return_dict", None)
+    signals, out = collect_vision_signals(
+        self, pixel_values, state.layers, with_image_keys=state.config.needs_image_keys, **kwargs
+    )
+    reduction = state.config.reduce(signals)
+    if reduction.projected:
+        feats = list(reduction.features)
+    else:
+        counts = [int(f.shape[0]) for f in reduction.features]
+        projected = self.multi_modal_projector(torch.cat(reduction.features))
+        feats = list(torch.split(projected, counts))
+    traces = [reduction.trace(i) for i in range(len(feats))]
+    state.last_trace = traces
+    return CompressedImageFeatures(
+        last_hidden_state=out.last_hidden_state,
+        pooler_output=feats,
+        hidden_states=out.hidden_states,
+        attentions=out.attentions,
+        compression_trace=traces,
+        token_groups=reduction.groups,
+    )
+
+
+def _generate(self, inputs: torch.Tensor | None = None, *args: Any, **kwargs: Any):
+    """``generate`` that encodes images with the applied method and shrinks the placeholder runs first."""
+    state: _State = self.model.__dict__[STATE_ATTR]
+    _, previous = state.saved["generate"]
+    original = previous if previous is not None else types.MethodType(type(self).generate, self)
+    input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+    pixel_values = kwargs.pop("pixel_values", None)
+    if (
+        pixel_values is None
+        or input_ids is None
+        or kwargs.get("mm_encoder_outputs") is not None
+        or kwargs.get("inputs_embeds") is not None
+    ):
+        if pixel_values is not None:
+            kwargs["pixel_values"] = pixel_values
+        return original(input_ids, *args, **kwargs)
+    encoder_kwargs = {
+        k: kwargs.pop(k)
+        for k in ("vision_feature_layer", "vision_feature_select_strategy", "image_sizes")
+        if k in kwargs
+    }
+    prepared = prepare_multimodal_inputs(
+        self,
+        input_ids,
+        kwargs.pop("attention_mask", None),
+        pixel_values,
+        pad_token_id=kwargs.get("pad_token_id"),
+        **encoder_kwargs,
+    )
+    shrunk = prepared["input_ids"]
+    result = original(
+        shrunk,
+        *args,
+        attention_mask=prepared["attention_mask"],
+        mm_encoder_outputs=prepared["mm_encoder_outputs"],
+        **kwargs,
+    )
+    if isinstance(result, torch.Tensor):
+        result = restore_prompts(result, input_ids, shrunk.shape[1])
+    elif getattr(result, "sequences", None) is not None:
+        result.sequences = restore_prompts(result.sequences, input_ids, shrunk.shape[1])
+    result.compression_trace = prepared["compression_trace"]
+    return result

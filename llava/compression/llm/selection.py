@@ -1,0 +1,120 @@
+"""Which visual tokens an in-LLM method keeps (pure tensor functions, one batch row at a time).
+
+Conventions as in ``llava.compression.selection``: scores are fp32, ties go to the lower index, returned *sets*
+are sorted ascending (sequence order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llava.compression.selection import rank_indices, topk_indices
+
+
+def top_scoring(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` highest of ``[N]`` scores, ascending indices ``[k]`` (``k`` clipped to ``[0, N]``)."""
+    k = max(0, min(int(k), scores.shape[-1]))
+    return topk_indices(scores[None].float(), k)[0]
+
+
+def fastv_keep_count(num_visual: int, ratio_dropped: float | None, keep: int | None) -> int:
+    """FastV's kept count: ``keep`` when given (clipped to ``N_v``), else ``round(N_v (1 - R))``."""
+    if keep is not None:
+        return min(int(keep), num_visual)
+    return min(num_visual, max(0, round(num_visual * (1.0 - float(ratio_dropped)))))
+
+
+def dart_select(
+    hidden: torch.Tensor,
+    key_norm: torch.Tensor,
+    text_hidden: torch.Tensor,
+    text_key_norm: torch.Tensor,
+    pivot_image: int,
+    pivot_text: int,
+    per_pivot: int,
+) -> torch.Tensor:
+    """DART's duplication-aware selection for one row; returns ascending indices into the ``N`` visual tokens.
+
+    Args:
+        hidden: ``[N, D]`` visual tokens after the model's final norm (output of layer ``K-1``).
+        key_norm: ``[N]`` L1 norms of their layer ``K-1`` keys.
+        text_hidden: ``[M, D]`` / text_key_norm: ``[M]`` the same for the prompt text tokens after the image.
+        pivot_image / pivot_text: ``p`` / ``q`` pivots, the tokens with the largest key norm of each kind
+            (clipped to what exists).
+        per_pivot: ``k``: each pivot in turn (ascending sequence position: image pivots, then text pivots) claims
+            the ``k`` not-yet-claimed, non-pivot visual tokens with the lowest cosine similarity to it.
+
+    Returns:
+        The image pivots plus every claimed token (``p + (p + q) k`` when enough tokens exist), ascending.
+    """
+    n = hidden.shape[0]
+    p = min(pivot_image, n)
+    q = min(pivot_text, text_hidden.shape[0])
+    img_pivots = top_scoring(key_norm, p)
+    txt_pivots = top_scoring(text_key_norm, q)
+    pivots = [hidden[i] for i in img_pivots.tolist()] + [text_hidden[i] for i in txt_pivots.tolist()]
+    hn = F.normalize(hidden.float(), dim=-1)
+    available = torch.ones(n, dtype=torch.bool, device=hidden.device)
+    available[img_pivots] = False
+    chosen = [img_pivots]
+    for pivot in pivots:
+        left = int(available.sum())
+        if left == 0 or per_pivot <= 0:
+            break
+        sim = hn @ F.normalize(pivot.float(), dim=-1)
+        sim = sim.masked_fill(~available, float("inf"))
+        pick = rank_indices(-sim[None])[0, : min(per_pivot, left)]
+        available[pick] = False
+        chosen.append(pick)
+    return torch.cat(chosen).sort().values
+
+
+def dpc_knn_merge(x: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseVLM's token recycling: density-peak clustering (DPC-kNN) of ``[N, D]`` tokens, then averaging.
+
+    * distances ``||x_i - x_j|| / sqrt(D)``; local density ``exp(-mean of the squared distances to the
+      num_clusters nearest tokens)`` (the token itself included, as upstream);
+    * each token's distance to the nearest denser token (the densest token gets the largest distance overall);
+      density ties are broken by index (upstream adds random noise instead);
+    * centres: the ``num_clusters`` tokens with the largest ``distance * density``, best first;
+    * every token joins its nearest centre (centres join themselves); merged token = mean of its members.
+
+    Returns ``(merged [C, D] in x.dtype, centres [C])`` with ``C = min(num_clusters, N)``, in centre-rank order.
+    """
+    n, d = x.shape
+    c = max(1, min(int(num_clusters), n))
+    xf = x.float()
+    dist = torch.cdist(xf, xf) / d**0.5
+    nearest = torch.topk(dist, k=c, dim=-1, largest=False).values
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    idx = torch.arange(n, device=x.device)
+    denser = (density[None, :] > density[:, None]) | (
+        (density[None, :] == density[:, None]) & (idx[None, :] < idx[:, None])
+    )
+    parent = dist.masked_fill(~denser, float("inf")).amin(dim=-1)
+    parent = torch.where(torch.isinf(parent), dist.max(), parent)
+    centres = rank_indices((parent * density)[None])[0, :c]
+    assign = dist[centres].argmin(dim=0)
+    assign[centres] = torch.arange(c, device=x.device)
+    sums = torch.zeros(c, d, dtype=torch.float32, device=x.device).index_add_(0, assign, xf)
+    counts = torch.bincount(assign, minlength=c).clamp_(min=1).to(torch.float32)
+    return (sums / counts[:, None]).to(x.dtype), centres
+
+
+def sparsevlm_recycle(
+    pruned_hidden: torch.Tensor, pruned_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """SparseVLM v1.0/v1.5 recycling of the ``P`` pruned visual tokens of one row.
+
+    The top ``int(0.3 P) + 1`` pruned tokens by score (best first) are clustered into ``int(that / 10) + 1``
+    clusters with :func:`dpc_knn_merge`. Returns ``(merged [C, D], centre indices into the P pruned tokens [C])``,
+    or ``None`` when nothing was pruned.
+    """
+    p = pruned_hidden.shape[0]
+    if p == 0:
+        return None
+    m = min(p, int(p * 0.3) + 1)
+    order = rank_indices(pruned_scores[None].float())[0, :m]
+    merged, centres = dpc_knn_merge(pruned_hidden[order], m // 10 + 1)
+    return merged, order[centres]

@@ -1,0 +1,131 @@
+"""DART (arXiv 2502.11494, ZichenWen1/DART): duplication-aware token reduction before decoder layer ``K``.
+
+Pivots: layer ``K-1``'s post-RoPE keys with all key heads concatenated, L1 norm per token; the ``p`` visual tokens
+and the ``q`` prompt text tokens after the image with the largest norms. Every pivot in turn (ascending sequence
+position: image pivots, then text pivots; upstream iterates a Python set) claims the ``k = budget // (p + q)``
+not-yet-claimed, non-pivot visual tokens whose final-norm'd hidden state (output of layer ``K-1`` through the model's
+last RMSNorm) is *least* cosine-similar to the pivot's. Kept: image pivots + claimed tokens, original order, i.e.
+``p + (p + q) k`` tokens (budget 192 / 128 / 64 -> 196 / 132 / 68 with ``p = q = 4``).
+
+Defaults: ``K = 2`` (``--dart-k``), budget ``--visual-token-num 128`` (``max_num_trunction``), ``p = q = 4``
+(``--dart-pivot-image`` / ``--dart-pivot-text``). Needs keys and hidden states only; positions original (static
+pruned cache for layers ``>= K``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from llava.compression.llm.base import (
+    LLMPruningMethod,
+    PruneStep,
+    RowSelection,
+    check_layers,
+    check_positions,
+    positions_option,
+)
+from llava.compression.llm.scoring import key_l1_norm
+from llava.compression.llm.selection import dart_select
+from llava.compression.pre_llm import check_int
+from llava.compression.registry import (
+    CompressionConfigError,
+    MethodSpec,
+    ModelGeometry,
+    Stage,
+    option,
+    register,
+)
+
+
+@dataclass
+class DARTConfig(LLMPruningMethod):
+    """Least-duplicated visual tokens w.r.t. key-norm pivots; dropped before layer ``K``."""
+
+    name: ClassVar[str] = "dart"
+
+    dart_k: int = option(2, "--dart-k", "DART: drop visual tokens before this decoder layer (0-based, >= 1)")
+    visual_token_num: int | None = option(
+        None,
+        "--visual-token-num",
+        "visual tokens kept (pre-LLM methods: given to the LLM; fastv/dart: kept from the pruning layer on; "
+        "pdrop: layer-averaged target; sparsevlm: budget preset)",
+        type=int,
+    )
+    dart_pivot_image: int = option(
+        4, "--dart-pivot-image", "DART: pivot visual tokens p (largest key L1 norm)"
+    )
+    dart_pivot_text: int = option(4, "--dart-pivot-text", "DART: pivot text tokens q after the image")
+    llm_positions: str = positions_option("original")
+
+    def __post_init__(self) -> None:
+        check_int("--dart-k", self.dart_k)
+        check_int("--dart-pivot-image", self.dart_pivot_image, 0)
+        check_int("--dart-pivot-text", self.dart_pivot_text, 0)
+        if self.dart_pivot_image + self.dart_pivot_text == 0:
+            raise CompressionConfigError(
+                "dart: at least one pivot (--dart-pivot-image / --dart-pivot-text) is needed"
+            )
+        if self.visual_token_num is not None:
+            check_int("--visual-token-num", self.visual_token_num, 0)
+        check_positions(self.llm_positions)
+
+    @property
+    def budget(self) -> int:
+        return 128 if self.visual_token_num is None else self.visual_token_num
+
+    @property
+    def per_pivot(self) -> int:
+        return self.budget // (self.dart_pivot_image + self.dart_pivot_text)
+
+    def kept_count(self) -> int:
+        """Tokens kept when the image has enough of them: ``p + (p + q) k``."""
+        return self.dart_pivot_image + (self.dart_pivot_image + self.dart_pivot_text) * self.per_pivot
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        self.prune_layers(geometry)
+        if self.kept_count() > geometry.num_patches:
+            raise CompressionConfigError(
+                f"dart: budget {self.budget} with p={self.dart_pivot_image}, q={self.dart_pivot_text} keeps "
+                f"{self.kept_count()} tokens, more than the {geometry.num_patches} an image gives"
+            )
+
+    def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
+        return check_layers("--dart-k", (self.dart_k,), geometry)
+
+    def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
+        return {"dart_kept": self.kept_count()}
+
+    def select(self, step: PruneStep) -> list[RowSelection | None]:
+        keys = step.keys(step.layer - 1)  # [B, H_kv, T, d], post-RoPE
+        out: list[RowSelection | None] = []
+        for r in range(step.batch_size):
+            vis = step.visual_indices(r)
+            if vis.numel() == 0:
+                out.append(None)
+                continue
+            text = step.text_after_visual(r)
+            norms = key_l1_norm(keys[r])
+            hidden = step.final_norm(step.hidden[r, vis])
+            text_hidden = step.final_norm(step.hidden[r, text])
+            keep = dart_select(
+                hidden,
+                norms[vis],
+                text_hidden,
+                norms[text],
+                self.dart_pivot_image,
+                self.dart_pivot_text,
+                self.per_pivot,
+            )
+            out.append(RowSelection(keep=keep))
+        return out
+
+
+register(
+    MethodSpec(
+        "dart",
+        DARTConfig,
+        (Stage.LLM,),
+        "duplication-aware pivots: keep visual tokens least similar to key-norm pivots, before LLM layer K (DART)",
+    )
+)

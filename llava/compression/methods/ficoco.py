@@ -1,0 +1,560 @@
+"""FiCoCo-V / FiCoCo-L / FiCoCo-VL (arXiv 2411.17686 v4, "Filter, Correlate, Compress"): progressive token merging.
+
+Every merging layer runs the three stages of :mod:`llava.compression.ficoco` on the layer's own attention (softmax
+probabilities averaged over heads, computed from the layer's queries and keys; the attention backend is never
+switched): **Filter** scores redundancy and picks the ``r`` most redundant tokens, **Correlate** links each of them
+to the preserved tokens it is most correlated with (``eps``-quantile targets, ``eps = 0.998``), **Compress** folds
+it into them with the self-preserving weighted average of Eq. 2.
+
+* ``ficoco-v`` - inside the CLIP encoder, in encoder layers ``start .. F`` (0-based; default ``start = 12``, the
+  released code's "idx > 11"; ``F`` = the feature layer, 22 for LLaVA-1.5: later merges cannot reach the LLM),
+  after the attention residual and before the MLP. Redundancy ``lam * (attention received from patches) -
+  (1 - lam) * ([CLS] attention)`` with ``lam = 0.35``, plus the 2x2 local penalty recomputed for every image on its
+  current tokens; correlation = attention from the discarded to the preserved patches. [CLS] stays at index 0,
+  patches stay in raster order, every token's size (patches it stands for) is tracked.
+* ``ficoco-l`` - inside the LLM through the in-LLM engine (``integrations/llama_pruning.py``: per-layer KV lengths,
+  kept tokens keep their original position ids, batches with left padding, visual tokens located from the real
+  image positions). Merges happen *between* decoder layers: before every layer ``K = start .. L-1`` (default
+  ``start = 4``: layers 0-3 see every visual token), using layer ``K-1``'s causal attention; redundancy
+  ``beta * (attention received from visual tokens) - (1 - beta) * (attention received from the text after the
+  image)``, correlation ``gamma * (direct attention between the pair) + (1 - gamma) * (text-bridged attention)``,
+  ``beta = gamma = 0.6``. The released code merges inside layer ``c + 1 ..`` between attention and MLP with
+  ``c = 4``; in this convention its first reduced layer is 6 (``--ficoco-start-layer 6``).
+* ``ficoco-vl`` - both; the LLM stage starts from the encoder's reduced count.
+
+Budget: ``--visual-token-num T`` is the final visual-token count (``ficoco-v``: tokens the LLM receives;
+``ficoco-l`` / ``ficoco-vl``: tokens in the input of the last decoder layer). The per-layer merge counts are solved
+so that ``T`` is reached exactly (even split, earlier layers take the remainder); ``--ficoco-r r`` fixes ``r`` per
+layer instead (with ``T``: ``r`` per layer until ``T`` is reached). The counts are in every trace.
+
+``--ficoco-reference-quirks`` reproduces the released code's harmless choices for A/B runs: pre-softmax logits
+instead of probabilities (without the causal mask in the LLM), both V-filter terms L2-normalised with ``lam`` on the
+[CLS] term, the "sent" direction of the vision term, the code's FiCoCo-L formulas (sum over visual keys, mean over
+text keys, no ``1/M`` in the indirect term) and FiCoCo-L's un-normalised merge. Its bugs (scrambled token order,
+scatter into the wrong rows, a never-reset global penalty state, hard-coded 576 tokens / visual span, batch size 1)
+are not reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from llava.compression import ficoco
+from llava.compression.llm.base import (
+    LLMPruningMethod,
+    PruneStep,
+    RowSelection,
+    check_layers,
+    check_positions,
+    positions_option,
+)
+from llava.compression.llm.scoring import causal_allowed, expand_kv_heads
+from llava.compression.pre_llm import check_budget, check_choice, check_feature_layer, check_int
+from llava.compression.registry import (
+    CompressionConfigError,
+    MethodConfig,
+    MethodSpec,
+    ModelGeometry,
+    Stage,
+    option,
+    register,
+)
+from llava.compression.vision_encoder import EncoderTokens, LayerAttention, VisionEncoderMethod
+
+DEFAULT_BUDGET = 64
+BUDGET_HELP = (
+    "final visual tokens per image (ficoco-v: given to the LLM; ficoco-l/-vl: in the last decoder layer); "
+    "FiCoCo solves its per-layer merge counts to reach it exactly (default 64 unless --ficoco-r is given)"
+)
+
+
+def _r_option() -> Any:
+    return option(
+        None,
+        "--ficoco-r",
+        "FiCoCo: tokens merged per layer (with --visual-token-num: until it is reached)",
+        type=int,
+    )
+
+
+def _quirks_option() -> Any:
+    return option(
+        False,
+        "--ficoco-reference-quirks",
+        "FiCoCo: reproduce the released code's harmless choices (attention logits, lambda on the [CLS] term, "
+        "un-normalised merge in the LLM) for A/B comparisons",
+    )
+
+
+def _redundancy_option() -> Any:
+    return option(
+        None,
+        "--ficoco-redundancy",
+        "FiCoCo: vision-aware redundancy from the attention a token 'received' (paper text, default) or "
+        "'sent' (the formula's index order; default under --ficoco-reference-quirks)",
+        choices=ficoco.REDUNDANCY_DIRECTIONS,
+    )
+
+
+def _quantile_option() -> Any:
+    return option(0.998, "--ficoco-quantile", "FiCoCo: quantile eps of the token-adaptive targets")
+
+
+def _check_unit(flag: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
+        raise CompressionConfigError(f"{flag} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_bool(flag: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise CompressionConfigError(f"{flag} must be a boolean, got {value!r}")
+
+
+def solve_schedule(
+    num_tokens: int, num_layers: int, target: int | None, r: int | None, where: str
+) -> list[int]:
+    """FiCoCo's per-layer merge counts (see :func:`llava.compression.ficoco.merge_schedule`); at least one token is
+    always preserved. Raises :class:`CompressionConfigError` when the budget cannot be met."""
+    if num_layers <= 0:
+        raise CompressionConfigError(f"FiCoCo: no merging layer {where}")
+    try:
+        counts = ficoco.merge_schedule(num_tokens, num_layers, target=target, r=r)
+    except ValueError as err:
+        raise CompressionConfigError(f"FiCoCo {where}: {err}") from None
+    if target is None and r is not None and sum(counts) < r * num_layers:
+        raise CompressionConfigError(
+            f"FiCoCo {where}: --ficoco-r {r} over {num_layers} layers would merge more than the {num_tokens} tokens "
+            "there are; lower it or give --visual-token-num"
+        )
+    return counts
+
+
+# -- FiCoCo-V -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FiCoCoVConfig(VisionEncoderMethod):
+    """Filter / correlate / compress inside the CLIP encoder, from encoder layer ``start`` to the feature layer."""
+
+    name: ClassVar[str] = "ficoco-v"
+    needs_queries: ClassVar[bool] = True
+
+    visual_token_num: int | None = option(None, "--visual-token-num", BUDGET_HELP, type=int)
+    ficoco_r: int | None = _r_option()
+    ficoco_start_layer: int = option(
+        12,
+        "--ficoco-start-layer",
+        "FiCoCo: first merging layer, 0-based (ficoco-v: CLIP encoder layer, default 12; ficoco-l: decoder layer "
+        "that first runs on merged tokens, default 4)",
+    )
+    ficoco_lambda: float = option(0.35, "--ficoco-lambda", "FiCoCo-V: weight of the vision-aware redundancy")
+    ficoco_quantile: float = _quantile_option()
+    ficoco_local_penalty: bool = option(
+        True, "--ficoco-local-penalty", "FiCoCo-V: 2x2 local penalty on the redundancy scores"
+    )
+    ficoco_redundancy: str | None = _redundancy_option()
+    ficoco_size_weighted: bool = option(
+        False,
+        "--ficoco-size-weighted",
+        "FiCoCo-V: weigh tokens by their size in the merge (conserves the size-weighted token sum; not in the paper)",
+    )
+    ficoco_reference_quirks: bool = _quirks_option()
+
+    def __post_init__(self) -> None:
+        if self.visual_token_num is None and self.ficoco_r is None:
+            self.visual_token_num = DEFAULT_BUDGET
+        if self.visual_token_num is not None:
+            check_int("--visual-token-num", self.visual_token_num, 1)
+        if self.ficoco_r is not None:
+            check_int("--ficoco-r", self.ficoco_r, 0)
+        check_int("--ficoco-start-layer", self.ficoco_start_layer, 0)
+        _check_unit("--ficoco-lambda", self.ficoco_lambda)
+        _check_unit("--ficoco-quantile", self.ficoco_quantile)
+        if self.ficoco_redundancy is not None:
+            check_choice("--ficoco-redundancy", self.ficoco_redundancy, ficoco.REDUNDANCY_DIRECTIONS)
+        for flag, value in (
+            ("--ficoco-local-penalty", self.ficoco_local_penalty),
+            ("--ficoco-size-weighted", self.ficoco_size_weighted),
+            ("--ficoco-reference-quirks", self.ficoco_reference_quirks),
+        ):
+            _check_bool(flag, value)
+
+    @property
+    def direction(self) -> str:
+        if self.ficoco_redundancy is not None:
+            return self.ficoco_redundancy
+        return "sent" if self.ficoco_reference_quirks else "received"
+
+    def merge_layers(self, geometry: ModelGeometry) -> list[int]:
+        return list(range(self.ficoco_start_layer, geometry.feature_layer + 1))
+
+    def per_layer(self, geometry: ModelGeometry) -> list[int]:
+        layers = self.merge_layers(geometry)
+        return solve_schedule(
+            geometry.num_patches,
+            len(layers),
+            self.visual_token_num,
+            self.ficoco_r,
+            f"in encoder layers {self.ficoco_start_layer}..{geometry.feature_layer}",
+        )
+
+    def final_count(self, geometry: ModelGeometry) -> int:
+        return geometry.num_patches - sum(self.per_layer(geometry))
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        if self.visual_token_num is not None:
+            check_budget(self.visual_token_num, geometry)
+        feature = check_feature_layer(geometry, self.name)
+        if self.ficoco_start_layer > feature:
+            raise CompressionConfigError(
+                f"--ficoco-start-layer {self.ficoco_start_layer}: FiCoCo-V merges in encoder layers up to the "
+                f"feature layer {feature} (0-based)"
+            )
+        self.per_layer(geometry)
+
+    def schedule(self, geometry: ModelGeometry) -> dict[int, int]:
+        return dict(zip(self.merge_layers(geometry), self.per_layer(geometry)))
+
+    def trace_extras(self) -> dict[str, Any]:
+        return {"ficoco_vision_start_layer": self.ficoco_start_layer}
+
+    def merge(
+        self, x: torch.Tensor, attention: LayerAttention, tokens: EncoderTokens, r: int
+    ) -> torch.Tensor:
+        q = ficoco.split_heads(attention.queries, attention.num_heads)
+        k = ficoco.split_heads(attention.keys, attention.num_heads)
+        quirks = self.ficoco_reference_quirks
+        attn = ficoco.head_mean_attention(q, k, attention.scale, mask=attention.bias, logits=quirks)
+        # Filter
+        scores = ficoco.vision_redundancy(attn, self.ficoco_lambda, self.direction, quirks)
+        if self.ficoco_local_penalty:
+            scores = ficoco.local_penalty(scores, tokens.positions, tokens.grid)
+        sources, preserved = ficoco.select_sources(scores, r)
+        # Correlate
+        corr = ficoco.vision_correlation(attn, sources, preserved, quirks)
+        alpha, counts = ficoco.adaptive_targets(corr, self.ficoco_quantile)
+        # Compress
+        patches, patch_sizes = ficoco.compress(
+            x[:, 1:], sources, preserved, alpha, tokens.sizes[:, 1:], size_weighted=self.ficoco_size_weighted
+        )
+        tokens.update(
+            attention.layer,
+            sources,
+            preserved,
+            ficoco.dominant_target(alpha, preserved),
+            patch_sizes,
+            ficoco_targets_per_source=[round(float(c), 3) for c in counts.float().mean(dim=1)],
+        )
+        return torch.cat([x[:, :1], patches], dim=1)
+
+
+# -- FiCoCo-L -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FiCoCoLConfig(LLMPruningMethod):
+    """Filter / correlate / compress between decoder layers ``start .. L-1`` (in-LLM engine)."""
+
+    name: ClassVar[str] = "ficoco-l"
+
+    visual_token_num: int | None = option(None, "--visual-token-num", BUDGET_HELP, type=int)
+    ficoco_r: int | None = _r_option()
+    ficoco_start_layer: int = option(
+        4,
+        "--ficoco-start-layer",
+        "FiCoCo: first merging layer, 0-based (ficoco-v: CLIP encoder layer, default 12; ficoco-l: decoder layer "
+        "that first runs on merged tokens, default 4)",
+    )
+    ficoco_beta: float = option(0.6, "--ficoco-beta", "FiCoCo-L: weight of the vision-aware redundancy")
+    ficoco_gamma: float = option(0.6, "--ficoco-gamma", "FiCoCo-L: weight of the direct correlation")
+    ficoco_quantile: float = _quantile_option()
+    ficoco_redundancy: str | None = _redundancy_option()
+    ficoco_reference_quirks: bool = _quirks_option()
+    llm_positions: str = positions_option("original")
+    # visual tokens the LLM is expected to receive per image (None: the encoder's patch count); set by ficoco-vl
+    input_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.visual_token_num is None and self.ficoco_r is None:
+            self.visual_token_num = DEFAULT_BUDGET
+        if self.visual_token_num is not None:
+            check_int("--visual-token-num", self.visual_token_num, 1)
+        if self.ficoco_r is not None:
+            check_int("--ficoco-r", self.ficoco_r, 0)
+        check_int("--ficoco-start-layer", self.ficoco_start_layer, 1)
+        _check_unit("--ficoco-beta", self.ficoco_beta)
+        _check_unit("--ficoco-gamma", self.ficoco_gamma)
+        _check_unit("--ficoco-quantile", self.ficoco_quantile)
+        if self.ficoco_redundancy is not None:
+            check_choice("--ficoco-redundancy", self.ficoco_redundancy, ficoco.REDUNDANCY_DIRECTIONS)
+        _check_bool("--ficoco-reference-quirks", self.ficoco_reference_quirks)
+        check_positions(self.llm_positions)
+        self._schedules: dict[tuple[int, int], list[int]] = {}
+
+    @property
+    def direction(self) -> str:
+        if self.ficoco_redundancy is not None:
+            return self.ficoco_redundancy
+        return "sent" if self.ficoco_reference_quirks else "received"
+
+    def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
+        layers = tuple(range(self.ficoco_start_layer, geometry.llm_layers))
+        if not layers:
+            raise CompressionConfigError(
+                f"--ficoco-start-layer {self.ficoco_start_layer}: the LLM has {geometry.llm_layers} layers "
+                f"(0-based, layer 0 never merges); use 1..{geometry.llm_layers - 1}"
+            )
+        return check_layers("--ficoco-start-layer", layers, geometry)
+
+    def expected_input(self, geometry: ModelGeometry) -> int:
+        return self.input_tokens if self.input_tokens is not None else geometry.num_patches
+
+    def per_layer(self, num_visual: int, num_steps: int) -> list[int]:
+        """Merges before each pruning layer for a row that enters the LLM with ``num_visual`` visual tokens."""
+        key = (num_visual, num_steps)
+        if key not in self._schedules:
+            target = self.visual_token_num
+            if target is not None and target > num_visual:
+                target = num_visual  # a row with fewer visual tokens than the budget is left as it is
+            self._schedules[key] = solve_schedule(
+                num_visual, num_steps, target, self.ficoco_r, f"in decoder layers {self.ficoco_start_layer}.."
+            )
+        return self._schedules[key]
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        steps = len(self.prune_layers(geometry))
+        n0 = self.expected_input(geometry)
+        self._geometry = geometry
+        if self.visual_token_num is not None:
+            check_int(
+                "--visual-token-num",
+                self.visual_token_num,
+                1,
+                n0,
+                f" (the LLM receives {n0} visual tokens per image)",
+            )
+        self.per_layer(n0, steps)
+
+    def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
+        steps = len(self.prune_layers(geometry))
+        return {
+            "ficoco_llm_start_layer": self.ficoco_start_layer,
+            "ficoco_llm_merges_per_layer": self.per_layer(self.expected_input(geometry), steps),
+        }
+
+    def select(self, step: PruneStep) -> list[RowSelection | None]:
+        layer = step.layer - 1  # merging before layer K reads layer K-1's attention
+        b = step.batch_size
+        vis_rows = [step.visual_indices(r) for r in range(b)]
+        txt_rows = [step.text_after_visual(r) for r in range(b)]
+        rows = [r for r in range(b) if vis_rows[r].numel() > 0]
+        out: list[RowSelection | None] = [None] * b
+        if not rows:
+            return out
+        for r in rows:
+            vis = vis_rows[r]
+            if int(vis[-1] - vis[0]) + 1 != vis.numel():
+                raise ValueError(
+                    "ficoco-l merges one contiguous run of visual tokens per row; row "
+                    f"{r} has its visual tokens in several runs"
+                )
+        dev = step.hidden.device
+        width = max(vis_rows[r].numel() + txt_rows[r].numel() for r in rows)
+        index = torch.zeros(b, width, dtype=torch.long, device=dev)
+        for r in rows:
+            idx = torch.cat([vis_rows[r], txt_rows[r]])
+            index[r, : idx.numel()] = idx
+        attn = _layer_attention(step, layer, index, logits=self.ficoco_reference_quirks)  # [B, W, T]
+        num_steps = self._num_steps(step)
+        for r in rows:
+            vis, txt = vis_rows[r], txt_rows[r]
+            n, m = vis.numel(), txt.numel()
+            idx = index[r, : n + m]
+            a = attn[r, : n + m][:, idx][None]  # [1, n+m, n+m] rows/cols: visual then text
+            schedule = self.per_layer(step.input_visual_count(r), num_steps)
+            k = min(schedule[step.stage], n - 1)
+            if k <= 0:
+                continue
+            visual = torch.arange(n, device=dev)[None]
+            text = (n + torch.arange(m, device=dev))[None]
+            text_mask = torch.ones(1, m, dtype=torch.bool, device=dev)
+            quirks = self.ficoco_reference_quirks
+            # Filter
+            scores = ficoco.language_redundancy(
+                a, visual, text, text_mask, self.ficoco_beta, self.direction, quirks
+            )
+            sources, preserved = ficoco.select_sources(scores, k)
+            # Correlate
+            corr = ficoco.language_correlation(
+                a, visual, sources, preserved, text, text_mask, self.ficoco_gamma, quirks
+            )
+            alpha, _ = ficoco.adaptive_targets(corr, self.ficoco_quantile)
+            # Compress: the preserved tokens come back as "merged" tokens at their own positions, in order
+            x = step.hidden[r, vis][None]
+            merged, _ = ficoco.compress(x, sources, preserved, alpha, normalize=not quirks)
+            out[r] = RowSelection(
+                keep=torch.zeros(0, dtype=torch.long, device=dev),
+                merged=merged[0],
+                merged_position_of=preserved[0],
+            )
+        return out
+
+    def _num_steps(self, step: PruneStep) -> int:
+        geometry = getattr(self, "_geometry", None)
+        if geometry is None:
+            raise RuntimeError("ficoco-l: validate(geometry) must run before select() (the engine does it)")
+        return len(self.prune_layers(geometry))
+
+
+def _layer_attention(step: PruneStep, layer: int, index: torch.Tensor, logits: bool) -> torch.Tensor:
+    """``[B, Q, T]`` head-mean attention of ``layer`` for the current token indices ``index [B, Q]``.
+
+    Probabilities under the causal and padding mask (exactly the layer's own weights), or, with ``logits``, the
+    head-mean pre-softmax logits without any mask (the released code's choice). Heads are accumulated one at a time.
+    """
+    queries = getattr(step, "queries", None)
+    if queries is None:
+        raise RuntimeError("ficoco-l needs PruneStep.queries() (post-RoPE queries) from the in-LLM engine")
+    q = queries(layer, index)  # [B, H, Q, d]
+    k = expand_kv_heads(step.keys(layer), q.shape[1])  # [B, H, T, d]
+    scale = q.shape[-1] ** -0.5
+    if logits:
+        return ficoco.head_mean_attention(q, k, scale, logits=True)
+    allowed = causal_allowed(index, step.valid)  # [B, Q, T]
+    mask = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+    mask = mask.masked_fill(~allowed, float("-inf"))[:, None]
+    return torch.nan_to_num(ficoco.head_mean_attention(q, k, scale, mask=mask), nan=0.0)
+
+
+# -- FiCoCo-VL ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FiCoCoVLConfig(MethodConfig):
+    """FiCoCo-V in the encoder, then FiCoCo-L in the LLM on the encoder's reduced tokens."""
+
+    name: ClassVar[str] = "ficoco-vl"
+
+    visual_token_num: int | None = option(None, "--visual-token-num", BUDGET_HELP, type=int)
+    ficoco_vision_token_num: int | None = option(
+        None,
+        "--ficoco-vision-token-num",
+        "FiCoCo-VL: visual tokens after the encoder (default: halfway between the patch count and "
+        "--visual-token-num)",
+        type=int,
+    )
+    ficoco_r: int | None = _r_option()
+    ficoco_vision_start_layer: int = option(
+        12, "--ficoco-vision-start-layer", "FiCoCo-VL: first merging CLIP encoder layer (0-based)"
+    )
+    ficoco_llm_start_layer: int = option(
+        4, "--ficoco-llm-start-layer", "FiCoCo-VL: first decoder layer that runs on merged tokens (0-based)"
+    )
+    ficoco_lambda: float = option(0.35, "--ficoco-lambda", "FiCoCo-V: weight of the vision-aware redundancy")
+    ficoco_beta: float = option(0.6, "--ficoco-beta", "FiCoCo-L: weight of the vision-aware redundancy")
+    ficoco_gamma: float = option(0.6, "--ficoco-gamma", "FiCoCo-L: weight of the direct correlation")
+    ficoco_quantile: float = _quantile_option()
+    ficoco_local_penalty: bool = option(
+        True, "--ficoco-local-penalty", "FiCoCo-V: 2x2 local penalty on the redundancy scores"
+    )
+    ficoco_redundancy: str | None = _redundancy_option()
+    ficoco_size_weighted: bool = option(
+        False,
+        "--ficoco-size-weighted",
+        "FiCoCo-V: weigh tokens by their size in the merge (conserves the size-weighted token sum; not in the paper)",
+    )
+    ficoco_reference_quirks: bool = _quirks_option()
+    llm_positions: str = positions_option("original")
+
+    def __post_init__(self) -> None:
+        if self.visual_token_num is None and self.ficoco_r is None:
+            self.visual_token_num = DEFAULT_BUDGET
+        if self.ficoco_vision_token_num is not None:
+            check_int("--ficoco-vision-token-num", self.ficoco_vision_token_num, 1)
+        self.vision_for(None)  # validates the shared fields
+        self._llm(None)
+
+    def vision_for(self, geometry: ModelGeometry | None) -> FiCoCoVConfig:
+        """The encoder stage as a ``ficoco-v`` config (``geometry``: the model's, for the default split)."""
+        return FiCoCoVConfig(
+            visual_token_num=self._vision_target(geometry),
+            ficoco_r=self.ficoco_r,
+            ficoco_start_layer=self.ficoco_vision_start_layer,
+            ficoco_lambda=self.ficoco_lambda,
+            ficoco_quantile=self.ficoco_quantile,
+            ficoco_local_penalty=self.ficoco_local_penalty,
+            ficoco_redundancy=self.ficoco_redundancy,
+            ficoco_size_weighted=self.ficoco_size_weighted,
+            ficoco_reference_quirks=self.ficoco_reference_quirks,
+        )
+
+    def llm_for(self, geometry: ModelGeometry) -> FiCoCoLConfig:
+        """The LLM stage as a ``ficoco-l`` config expecting the encoder's output count on ``geometry``."""
+        return self._llm(geometry)
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        vision = self.vision_for(geometry)
+        vision.validate(geometry)
+        if self.visual_token_num is not None and self.visual_token_num > vision.final_count(geometry):
+            raise CompressionConfigError(
+                f"ficoco-vl: --visual-token-num {self.visual_token_num} exceeds the "
+                f"{vision.final_count(geometry)} tokens left after the encoder"
+            )
+        self._llm(geometry).validate(geometry)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["vision_token_num"] = self._vision_target(None)
+        return out
+
+    def _vision_target(self, geometry: ModelGeometry | None) -> int | None:
+        if self.ficoco_vision_token_num is not None:
+            return self.ficoco_vision_token_num
+        if self.visual_token_num is None or self.ficoco_r is not None:
+            return None  # the encoder merges ficoco_r per layer
+        n = (geometry or ModelGeometry()).num_patches
+        return (n + self.visual_token_num + 1) // 2
+
+    def _llm(self, geometry: ModelGeometry | None) -> FiCoCoLConfig:
+        return FiCoCoLConfig(
+            visual_token_num=self.visual_token_num,
+            ficoco_r=self.ficoco_r,
+            ficoco_start_layer=self.ficoco_llm_start_layer,
+            ficoco_beta=self.ficoco_beta,
+            ficoco_gamma=self.ficoco_gamma,
+            ficoco_quantile=self.ficoco_quantile,
+            ficoco_redundancy=self.ficoco_redundancy,
+            ficoco_reference_quirks=self.ficoco_reference_quirks,
+            llm_positions=self.llm_positions,
+            input_tokens=None if geometry is None else self.vision_for(geometry).final_count(geometry),
+        )
+
+
+register(
+    MethodSpec(
+        "ficoco-v",
+        FiCoCoVConfig,
+        (Stage.VISION_ENCODER,),
+        "filter / correlate / compress merging inside the CLIP encoder from layer 12 (FiCoCo-V)",
+    )
+)
+register(
+    MethodSpec(
+        "ficoco-l",
+        FiCoCoLConfig,
+        (Stage.LLM,),
+        "filter / correlate / compress merging inside the LLM from layer 4, text-aware (FiCoCo-L)",
+    )
+)
+register(
+    MethodSpec(
+        "ficoco-vl",
+        FiCoCoVLConfig,
+        (Stage.VISION_ENCODER, Stage.LLM),
+        "FiCoCo-V in the encoder, then FiCoCo-L in the LLM on the reduced tokens (FiCoCo-VL)",
+    )
+)

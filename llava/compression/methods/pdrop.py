@@ -1,0 +1,132 @@
+"""PyramidDrop (arXiv 2410.17247, Cooperx521/PyramidDrop): staged drops at the ends of LLM stages.
+
+Schedule: before each layer of ``--pdrop-layers`` (default ``8,16,24``, i.e. after layers 7, 15, 23) the visual
+tokens are cut to ``int(N_v * lambda^s)`` after stage ``s = 1, 2, ...`` (``N_v`` = visual tokens at the LLM input,
+``--pdrop-lambda`` default 0.5, so ``T_eq = 270`` on LLaVA-1.5-7B).
+Score ("lightweight attention"): at boundary ``K`` the *next* layer's own ``input_layernorm`` / ``q_proj`` /
+``k_proj`` with RoPE at the current positions, the last instruction (prompt) token's query against all keys
+(causal), softmax, head mean, visual columns. Keep the top-scoring tokens in original order.
+Positions: ``compact`` by default as upstream (renumbered after each drop; generated tokens continue after the
+shortened length); ``--llm-positions original`` keeps them.
+
+Budget solver: ``--visual-token-num T`` picks ``lambda`` so the layer-averaged count (input-side, the engine's trace
+convention) is closest to ``T`` for the given layers, e.g. layers ``2,8,16``: 192 / 128 / 64 -> lambda 0.5606 /
+0.421 / 0.193 (the author's recipe for small budgets; ``8,16,24`` cannot go below 144).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from llava.compression.llm.base import (
+    LLMPruningMethod,
+    PruneStep,
+    RowSelection,
+    check_layers,
+    check_positions,
+    parse_int_list,
+    positions_option,
+)
+from llava.compression.llm.schedule import pdrop_stage_counts, solve_pdrop_ratio
+from llava.compression.llm.selection import top_scoring
+from llava.compression.pre_llm import check_int
+from llava.compression.registry import (
+    CompressionConfigError,
+    MethodSpec,
+    ModelGeometry,
+    Stage,
+    option,
+    register,
+)
+
+
+@dataclass
+class PDropConfig(LLMPruningMethod):
+    """Keep ``int(N_v lambda^s)`` visual tokens after stage ``s`` by the last prompt token's attention."""
+
+    name: ClassVar[str] = "pdrop"
+    default_positions: ClassVar[str] = "compact"
+
+    pdrop_layers: str = option(
+        "8,16,24",
+        "--pdrop-layers",
+        "PyramidDrop: stage boundaries, tokens dropped before these layers",
+        type=str,
+    )
+    pdrop_lambda: float | None = option(
+        None, "--pdrop-lambda", "PyramidDrop: ratio kept per stage (default 0.5)", type=float
+    )
+    visual_token_num: int | None = option(
+        None,
+        "--visual-token-num",
+        "visual tokens kept (pre-LLM methods: given to the LLM; fastv/dart: kept from the pruning layer on; "
+        "pdrop: layer-averaged target; sparsevlm: budget preset)",
+        type=int,
+    )
+    llm_positions: str = positions_option("compact")
+
+    def __post_init__(self) -> None:
+        self.pdrop_layers = ",".join(str(k) for k in parse_int_list("--pdrop-layers", self.pdrop_layers))
+        check_positions(self.llm_positions)
+        if self.pdrop_lambda is not None and self.visual_token_num is not None:
+            raise CompressionConfigError("pdrop: give either --pdrop-lambda or --visual-token-num, not both")
+        if self.pdrop_lambda is not None:
+            if isinstance(self.pdrop_lambda, bool) or not isinstance(self.pdrop_lambda, int | float):
+                raise CompressionConfigError(f"--pdrop-lambda must be a number, got {self.pdrop_lambda!r}")
+            if not 0.0 < float(self.pdrop_lambda) <= 1.0:
+                raise CompressionConfigError(f"--pdrop-lambda must be in (0, 1], got {self.pdrop_lambda}")
+        if self.visual_token_num is not None:
+            check_int("--visual-token-num", self.visual_token_num, 1)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return parse_int_list("--pdrop-layers", self.pdrop_layers)
+
+    def ratio(self, geometry: ModelGeometry) -> float:
+        """``lambda``: given, solved from ``--visual-token-num``, or 0.5."""
+        if getattr(self, "_ratio_for", None) == geometry:
+            return self._ratio
+        if self.visual_token_num is not None:
+            return solve_pdrop_ratio(
+                self.visual_token_num, geometry.num_patches, self.layers, geometry.llm_layers
+            )
+        return 0.5 if self.pdrop_lambda is None else float(self.pdrop_lambda)
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        self.prune_layers(geometry)
+        self._ratio = self.ratio(geometry)  # solved once (raises when the target is out of reach)
+        self._ratio_for = geometry
+
+    def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
+        return check_layers("--pdrop-layers", self.layers, geometry)
+
+    def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
+        return {"pdrop_lambda": self.ratio(geometry)}
+
+    def select(self, step: PruneStep) -> list[RowSelection | None]:
+        ratio = getattr(self, "_ratio", None)
+        if ratio is None:
+            raise RuntimeError("pdrop: validate(geometry) must run before select() (the engine does)")
+        query = step.last_prompt_index()[:, None]
+        scores = step.attention(step.layer, query).mean(dim=1)[:, 0]  # the next layer's own q/k
+        out: list[RowSelection | None] = []
+        for r in range(step.batch_size):
+            vis = step.visual_indices(r)
+            if vis.numel() == 0:
+                out.append(None)
+                continue
+            keep = pdrop_stage_counts(step.input_visual_count(r), ratio, step.stage + 1)[-1]
+            out.append(RowSelection(keep=top_scoring(scores[r, vis], keep)))
+        return out
+
+
+register(
+    MethodSpec(
+        "pdrop",
+        PDropConfig,
+        (Stage.LLM,),
+        "staged visual-token drops by the last instruction token's attention (PyramidDrop)",
+        aliases=("pyramiddrop",),
+    )
+)

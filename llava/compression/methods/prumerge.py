@@ -1,0 +1,190 @@
+"""LLaVA-PruMerge and PruMerge+ (arXiv 2403.15388), training-free, before the projector.
+
+Score: the [CLS] attention of the encoder layer *after* the feature layer (layer 23 of CLIP-L, whose input is
+``hidden_states[-2]``), computed as one head over the full width (``softmax(q_cls . k / sqrt(C))``), as upstream.
+
+Selection (count conventions):
+
+* ``prumerge`` without ``--visual-token-num``: upstream's adaptive budget, the IQR outliers of the score
+  (``> Q3 + 1.5 IQR``, per image; upstream pools the quartiles over the batch). Output: those ``k`` tokens + 1.
+* ``prumerge+`` without ``--visual-token-num``: the outliers, then the spatially uniform indices
+  ``0, s, 2s, ... < N - 1`` with ``s = max(1, int(N / k) // 3)`` that are not already kept. Output: kept + 1.
+* with ``--visual-token-num T``: exactly ``T`` tokens to the LLM, the extra token included: ``prumerge`` keeps the
+  top ``T - 1``; ``prumerge+`` keeps the top ``ceil((T - 1) * r)`` (``r = --prumerge-top-ratio``, 0.5 = upstream's
+  fixed-budget branch, top ``576 r`` + a uniform grid of ``576 r``) and fills the rest with spatially uniform,
+  distinct patches (upstream's grid can repeat kept tokens and only approximates the count).
+
+Merge: every kept token adds its ``--prumerge-knn`` (32) most key-similar other patches (cosine of the same
+layer's full-width keys), weighted by their [CLS] attention, unnormalised (upstream); one extra token is the
+attention-weighted sum of all dropped patches and comes last. Token order: ``rank`` (upstream: the top tokens
+by score, then the uniform ones, then the extra token) or ``raster`` (kept tokens ascending, extra token last).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from llava.compression.merging import knn_weighted_merge, weighted_remainder
+from llava.compression.pre_llm import (
+    PreLLMMethod,
+    Reduction,
+    VisionSignals,
+    check_budget,
+    check_choice,
+    check_int,
+)
+from llava.compression.registry import (
+    CompressionConfigError,
+    MethodSpec,
+    ModelGeometry,
+    Stage,
+    option,
+    register,
+)
+from llava.compression.scoring import patch_scores
+from llava.compression.selection import (
+    append_unique,
+    iqr_outlier_count,
+    strided_indices,
+    topk_in_rank_order,
+    uniform_fill,
+)
+
+TOKEN_ORDERS = ("rank", "raster")
+
+
+@dataclass
+class PruMergeConfig(PreLLMMethod):
+    """IQR-outlier (or top ``T - 1``) [CLS]-attention tokens, each merged with its key neighbours, + 1 token."""
+
+    name: ClassVar[str] = "prumerge"
+    uniform: ClassVar[bool] = False
+
+    visual_token_num: int | None = option(
+        None,
+        "--visual-token-num",
+        "visual tokens per image given to the LLM (prumerge/prumerge+: unset = adaptive IQR budget)",
+        type=int,
+    )
+    prumerge_knn: int = option(32, "--prumerge-knn", "neighbours merged into every kept token (PruMerge)")
+    token_order: str = option(
+        "rank", "--token-order", "order of PruMerge's tokens: rank (upstream) or raster", choices=TOKEN_ORDERS
+    )
+
+    def __post_init__(self) -> None:
+        if self.visual_token_num is not None:
+            check_int(
+                "--visual-token-num", self.visual_token_num, 2, what=" (PruMerge counts its extra token)"
+            )
+        check_int("--prumerge-knn", self.prumerge_knn, 1)
+        check_choice("--token-order", self.token_order, TOKEN_ORDERS)
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        if self.visual_token_num is not None:
+            check_budget(self.visual_token_num, geometry, low=2)
+        layer = geometry.feature_layer + 1
+        if not 0 <= layer < geometry.vision_layers:
+            raise CompressionConfigError(
+                f"{self.name} scores the encoder layer after the feature layer, but vision_feature_layer="
+                f"{geometry.vision_feature_layer} selects the last layer's output"
+            )
+
+    def probe_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
+        return (geometry.feature_layer + 1,)
+
+    def centres(self, scores: torch.Tensor) -> torch.Tensor:
+        """Kept token indices of one image (``scores`` is ``[N]``), in upstream (rank) order."""
+        n = scores.shape[-1]
+        if self.visual_token_num is None:
+            k = max(1, iqr_outlier_count(scores))
+            top = topk_in_rank_order(scores[None], k)[0]
+            if not self.uniform:
+                return top
+            stride = max(1, (n // k) // 3)
+            return append_unique(top, strided_indices(n - 1, stride).to(top.device))
+        budget = self.visual_token_num - 1
+        if not self.uniform:
+            return topk_in_rank_order(scores[None], budget)[0]
+        return self._top_and_uniform(scores, budget)
+
+    def _top_and_uniform(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reduce(self, signals: VisionSignals) -> Reduction:
+        layer = signals.feature_layer + 1
+        attn = patch_scores(signals.cls_attention_single_head(layer))  # [B, N]
+        keys = signals.layer_keys(layer)[:, 1:]  # [B, N, C]
+        x = signals.patches
+        n = x.shape[1]
+        feats, kept, groups = [], [], []
+        for i in range(x.shape[0]):
+            centres = self.centres(attn[i])
+            if self.token_order == "raster":
+                centres = centres.sort().values
+            merged, neighbours = knn_weighted_merge(x[i], keys[i], attn[i], centres, self.prumerge_knn)
+            extra = weighted_remainder(x[i], attn[i], centres)
+            feats.append(torch.cat([merged, extra[None]]))
+            kept.append(centres.sort().values)
+            groups.append(_groups(n, centres, neighbours))
+        return Reduction(features=feats, kept_indices=kept, groups=groups)
+
+
+@dataclass
+class PruMergePlusConfig(PruMergeConfig):
+    """PruMerge plus spatially uniform tokens."""
+
+    name: ClassVar[str] = "prumerge+"
+    uniform: ClassVar[bool] = True
+
+    prumerge_top_ratio: float = option(
+        0.5,
+        "--prumerge-top-ratio",
+        "PruMerge+ with a budget: share of the kept tokens chosen by score",
+        type=float,
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        r = self.prumerge_top_ratio
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0.0 < r <= 1.0:
+            raise CompressionConfigError(f"--prumerge-top-ratio must be in (0, 1], got {r!r}")
+
+    def _top_and_uniform(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
+        n_top = min(budget, max(1, math.ceil(budget * self.prumerge_top_ratio)))
+        top = topk_in_rank_order(scores[None], n_top)[0]
+        rest = uniform_fill(scores.shape[-1], budget - n_top, exclude=top).to(top.device)
+        return torch.cat([top, rest])
+
+
+def _groups(n: int, centres: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Output slot of every patch for drawing: its first centre among those that merged it, else the extra token."""
+    k = centres.numel()
+    g = torch.full((n,), k, dtype=torch.long, device=centres.device)  # the extra token
+    for slot in range(k - 1, -1, -1):
+        g[neighbours[slot]] = slot
+    g[centres] = torch.arange(k, device=centres.device)
+    return g
+
+
+register(
+    MethodSpec(
+        "prumerge",
+        PruMergeConfig,
+        (Stage.PRE_LLM,),
+        "IQR-outlier [CLS]-attention tokens merged with their key neighbours + 1 (LLaVA-PruMerge, training-free)",
+        aliases=("llava_prumerge_base",),
+    )
+)
+register(
+    MethodSpec(
+        "prumerge+",
+        PruMergePlusConfig,
+        (Stage.PRE_LLM,),
+        "PruMerge plus spatially uniform tokens (PruMerge+, training-free)",
+        aliases=("prumerge_plus", "prumerge-plus", "llava_prumerge"),
+    )
+)

@@ -1,0 +1,83 @@
+"""Tiny random LLaVA models and prompts for the compression tests (CPU, fp32, SDPA everywhere).
+
+The vision tower has CLIP-L/336's geometry where it matters (336 px, patch 14 -> 24x24 = 576 patches + [CLS],
+24 layers so that layer indices 20..23 exist, ``vision_feature_layer=-2`` -> feature layer 22) but is very thin
+(width 64, 4 heads). Its q/k weights are scaled up so [CLS] attention is peaked, not flat (platform pitfall 13);
+the text model uses ``initializer_range=0.3`` so greedy generation is not degenerate.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+IMAGE_TOKEN_ID = 299
+PAD_TOKEN_ID = 0
+NUM_PATCHES = 576
+QK_SCALE = 4.0
+
+
+def tiny_llava_config() -> LlavaConfig:
+    vision = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=24,
+        num_attention_heads=4,
+        image_size=336,
+        patch_size=14,
+    )
+    text = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+        max_position_embeddings=2048,
+        initializer_range=0.3,
+        pad_token_id=PAD_TOKEN_ID,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_TOKEN_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+
+
+def build_tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
+    """A seeded tiny LLaVA: the same seed gives bit-identical weights."""
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration._from_config(
+        tiny_llava_config(), attn_implementation="sdpa", dtype=torch.float32
+    )
+    with torch.no_grad():
+        for layer in model.model.vision_tower.encoder.layers:
+            layer.self_attn.q_proj.weight.mul_(QK_SCALE)
+            layer.self_attn.k_proj.weight.mul_(QK_SCALE)
+    model.generation_config.pad_token_id = PAD_TOKEN_ID
+    return model.eval()
+
+
+def make_pixels(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 336, 336, generator=g)
+
+
+def make_prompts(with_image: list[bool], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts, one row per entry: text, a 576-token ``<image>`` run (if True), text."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i, img in enumerate(with_image):
+        pre = torch.randint(1, IMAGE_TOKEN_ID, (3 + i,), generator=g)
+        post = torch.randint(1, IMAGE_TOKEN_ID, (5 + 2 * i,), generator=g)
+        run = torch.full((NUM_PATCHES if img else 0,), IMAGE_TOKEN_ID)
+        rows.append(torch.cat([pre, run, post]))
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), PAD_TOKEN_ID)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r) :] = r
+        mask[i, length - len(r) :] = 1
+    return ids, mask

@@ -1,0 +1,401 @@
+"""Token compression on Video-LLaVA, per model instance: pre-LLM methods frame by frame, in-LLM methods on the video.
+
+**Pre-LLM methods** (``Stage.PRE_LLM``: FasterVLM, VTC-CLS, VisionZip, PruMerge(+), DivPrune, random, pool). Every
+frame of a video is one image to the method: the video tower runs once on the ``B*T`` frames, forward hooks on the
+feature layer's spatial ``self_attn.q_proj`` / ``k_proj`` give each frame's [CLS] query row and keys (works with the
+port's plain tower and with the LanguageBind tower, whose temporal attention is not hooked), and the method's
+``reduce`` sees the ``B*T`` frames as a batch of images. As FasterVLM's ``video`` branch (seed_methods.md 2.3),
+tokens are chosen *before* the projector; frames stay in temporal order and each frame's kept tokens in raster
+order. Budget modes:
+
+``per-frame`` (default)
+    The method's budget applies to each frame: ``fastervlm --visual-token-num L`` keeps ``L`` patches of every frame,
+    ``8 L`` in total (FasterVLM's video setting: 64 -> 512 tokens, "75 %").
+``global``
+    One budget over all frames of a video: the same total ``T * L`` tokens, the top ``T * L`` of the ``T * N`` patch
+    scores of the whole video (each frame's [CLS] attention is a distribution over its own patches, so scores are
+    comparable across frames); frames may keep different counts, including none. Implemented for ``fastervlm``.
+
+[CLS]: the unpruned Video-LLaVA feeds each frame's [CLS] token (257 per frame); FasterVLM's video branch drops it
+(256 per frame, ``8 L`` after pruning). ``keep_cls=False`` (default) follows FasterVLM; ``keep_cls=True`` puts each
+frame's [CLS] before its kept patches (``8 (L + 1)``; ``--visual-token-num 256`` with ``keep_cls`` is exactly the
+unpruned model). The choice is in every trace.
+
+:func:`apply` replaces ``model.model.get_video_features`` on the instance (nothing at class level). Its output's
+``pooler_output`` is a tensor as the port requires: ``[B*T, k, D]`` when every frame keeps ``k`` tokens, else
+``[1, sum k, D]``; ``features_per_video`` lists each video's ``[n_v, D]`` tokens and ``compression_trace`` one dict per
+video (``visual_tokens``, ``tokens_per_frame``, ``keep_cls``, ``budget_mode``, ``kept_indices`` per frame, method
+extras per frame). Prompts must carry the kept counts of placeholders: build them with
+:class:`videollava.model.generation.VideoLlavaGenerator` (or from the trace's ``tokens_per_frame``).
+
+**In-LLM methods** (``Stage.LLM`` only: FastV, PyramidDrop, SparseVLM, DART, FiCoCo-L) run on the whole video as one
+visual span: the decoder engine of :mod:`llava.compression.integrations.llama_pruning` is attached to the language
+model with the ``<video>`` id as the visual token, and a forward pre-hook on ``model.model`` marks the ``<video>``
+positions of each prefill. All 2,056 visual tokens (8 x 257, [CLS] included) enter the LLM; the method's budget is
+per *video* (FastV ``--visual-token-num 512`` keeps 512 of them after layer K, as FasterVLM's FastV video rows).
+:func:`llm_trace` gives the per-row trace (``visual_tokens_per_layer``, ``avg_visual_tokens``).
+
+Methods acting inside the vision encoder (ToMe, FiCoCo-V, FiCoCo-VL) are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import VideoLlavaForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from llava.compression.methods.fastervlm import FasterVLMConfig, cls_patch_scores
+from llava.compression.pre_llm import PreLLMMethod, VisionSignals
+from llava.compression.registry import (
+    CompressionConfigError,
+    MethodConfig,
+    MethodSpec,
+    ModelGeometry,
+    NoCompression,
+    Stage,
+    get_method,
+    make_config,
+)
+from llava.compression.selection import topk_indices
+
+BUDGET_MODES = ("per-frame", "global")
+STATE_ATTR = "_vtc_video_compression_state"
+DEFAULT_NUM_FRAMES = 8
+
+
+@dataclass
+class CompressedVideoFeatures(BaseModelOutputWithPooling):
+    """``get_video_features`` output under compression (see the module docstring)."""
+
+    features_per_video: list[torch.Tensor] | None = None
+    compression_trace: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class VideoCompressionState:
+    config: MethodConfig
+    stage: str  # "pre_llm" or "llm"
+    geometry: ModelGeometry
+    num_frames: int
+    budget_mode: str | None
+    keep_cls: bool
+    saved: Any = None  # a previous instance attribute ``get_video_features`` (normally None)
+    last_trace: list[dict[str, Any]] | None = None
+
+
+def video_model_geometry(model: Any) -> ModelGeometry:
+    """Per-frame geometry of a Video-LLaVA model (patches of one frame; feature layer; layer counts)."""
+    cfg = model.config
+    vc = cfg.vision_config
+    side = vc.image_size // vc.patch_size
+    vfl = cfg.vision_feature_layer
+    if not isinstance(vfl, int):
+        raise CompressionConfigError(f"vision_feature_layer={vfl!r}: only a single feature layer is supported")
+    return ModelGeometry(num_patches=side * side, grid=(side, side), vision_layers=vc.num_hidden_layers,
+                         llm_layers=cfg.text_config.num_hidden_layers, vision_feature_layer=vfl)
+
+
+def _is_llm_method(spec: MethodSpec) -> bool:
+    from llava.compression.llm.base import LLMPruningMethod
+
+    return spec.stages == (Stage.LLM,) and issubclass(spec.config_cls, LLMPruningMethod)
+
+
+def method_geometry(spec: MethodSpec, per_frame: ModelGeometry, num_frames: int = DEFAULT_NUM_FRAMES) -> ModelGeometry:
+    """The geometry a method validates against: per frame for pre-LLM methods; for in-LLM methods the visual
+    tokens of one video in the LLM (``T * (N + 1)``, every frame's [CLS] included)."""
+    if _is_llm_method(spec):
+        return dataclasses.replace(per_frame, num_patches=num_frames * (per_frame.num_patches + 1))
+    return per_frame
+
+
+def check_video_method(name: str, budget_mode: str | None = None, keep_cls: bool | None = None) -> MethodSpec:
+    """The registry spec of ``name`` if it works on video with these options, else :class:`CompressionConfigError`."""
+    if budget_mode is not None and budget_mode not in BUDGET_MODES:
+        raise CompressionConfigError(f"--budget-mode must be one of {', '.join(BUDGET_MODES)}, got {budget_mode!r}")
+    spec = get_method(name)
+    if spec.config_cls is NoCompression:
+        if budget_mode is not None or keep_cls is not None:
+            raise CompressionConfigError("--budget-mode / --keep-cls only apply with a compression --method")
+        return spec
+    if _is_llm_method(spec):
+        if budget_mode not in (None, "per-frame") or keep_cls:
+            raise CompressionConfigError(
+                f"--budget-mode / --keep-cls apply to pre-LLM methods; {spec.name!r} prunes inside the LLM, where "
+                "every frame's [CLS] is present and its budget is per video"
+            )
+        return spec
+    if not issubclass(spec.config_cls, PreLLMMethod) or any(s is not Stage.PRE_LLM for s in spec.stages):
+        raise CompressionConfigError(
+            f"method {spec.name!r} acts at stage(s) {[s.value for s in spec.stages]}; on Video-LLaVA only pre-LLM "
+            "methods (between the video tower and the projector) and in-LLM methods are integrated so far"
+        )
+    if budget_mode == "global" and not issubclass(spec.config_cls, FasterVLMConfig):
+        raise CompressionConfigError(
+            f"--budget-mode global is implemented for fastervlm only (method {spec.name!r} is per frame)"
+        )
+    return spec
+
+
+def build_video_config(
+    method: str | MethodConfig,
+    geometry: ModelGeometry,
+    budget_mode: str | None = None,
+    keep_cls: bool | None = None,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    **kwargs: Any,
+) -> MethodConfig:
+    """A validated config of a method that works on video (:func:`check_video_method`); ``geometry`` is per frame."""
+    if isinstance(method, MethodConfig) and kwargs:
+        raise CompressionConfigError("pass either a method config or a method name with arguments, not both")
+    spec = check_video_method(method.name if isinstance(method, MethodConfig) else method, budget_mode, keep_cls)
+    if spec.config_cls is NoCompression:
+        return method if isinstance(method, MethodConfig) else make_config(method, None, **kwargs)
+    geometry = method_geometry(spec, geometry, num_frames)
+    if isinstance(method, MethodConfig):
+        method.validate(geometry)
+        return method
+    return make_config(method, geometry, **kwargs)
+
+
+def apply(
+    model: VideoLlavaForConditionalGeneration,
+    method: str | MethodConfig,
+    budget_mode: str | None = None,
+    keep_cls: bool | None = None,
+    **method_kwargs: Any,
+) -> VideoLlavaForConditionalGeneration:
+    """Compress ``model``'s video tokens with ``method`` (name + arguments, or a config); ``"none"`` removes it.
+
+    ``budget_mode`` (``per-frame`` when not given) and ``keep_cls`` (``False`` when not given) apply to pre-LLM
+    methods only.
+    """
+    if not isinstance(model, VideoLlavaForConditionalGeneration):
+        raise TypeError(f"video compression handles VideoLlavaForConditionalGeneration, not {type(model).__name__}")
+    num_frames = _num_frames(model)
+    config = build_video_config(method, video_model_geometry(model), budget_mode, keep_cls, num_frames,
+                                **method_kwargs)
+    remove(model)
+    if isinstance(config, NoCompression):
+        return model
+    spec = get_method(config.name)
+    base = model.model
+    geometry = method_geometry(spec, video_model_geometry(model), num_frames)
+    if _is_llm_method(spec):
+        from llava.compression.integrations import llama_pruning
+
+        engine = llama_pruning.attach(base.language_model, config, geometry, image_token_id=model.config.video_token_id)
+        engine.handles.append(base.register_forward_pre_hook(_mark_video_tokens(engine), with_kwargs=True))
+        state = VideoCompressionState(config, "llm", geometry, num_frames, None, True)
+    else:
+        state = VideoCompressionState(config, "pre_llm", geometry, num_frames, budget_mode or "per-frame",
+                                      bool(keep_cls), saved=base.__dict__.get("get_video_features"))
+        base.get_video_features = types.MethodType(_get_video_features, base)
+    base.__dict__[STATE_ATTR] = state
+    return model
+
+
+def remove(model: Any) -> Any:
+    """Undo :func:`apply` (no-op when nothing is applied); returns ``model``."""
+    base = getattr(model, "model", None)
+    state = base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
+    if state is None:
+        return model
+    if state.stage == "llm":
+        from llava.compression.integrations import llama_pruning
+
+        llama_pruning.detach(base.language_model)  # also removes the pre-hook (kept in the engine's handles)
+    else:
+        base.__dict__.pop("get_video_features", None)
+        if state.saved is not None:
+            base.__dict__["get_video_features"] = state.saved
+    del base.__dict__[STATE_ATTR]
+    return model
+
+
+def applied_state(model: Any) -> VideoCompressionState | None:
+    base = getattr(model, "model", model)
+    return base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
+
+
+def describe(model: Any) -> dict[str, Any]:
+    """``{"method", "method_args", "stage", "budget_mode", "keep_cls"}`` of what is applied (``none`` when nothing)."""
+    state = applied_state(model)
+    if state is None:
+        return {"method": "none", "method_args": {}, "stage": None, "budget_mode": None, "keep_cls": True}
+    return {"method": state.config.name, "method_args": state.config.to_dict(), "stage": state.stage,
+            "budget_mode": state.budget_mode, "keep_cls": state.keep_cls}
+
+
+def llm_trace(model: Any, batch_size: int) -> list[dict[str, Any]] | None:
+    """The in-LLM method's per-row trace of the last prefill (one dict per input row), or ``None``."""
+    state = applied_state(model)
+    if state is None or state.stage != "llm":
+        return None
+    from llava.compression.integrations import llama_pruning
+
+    trace = llama_pruning.last_trace(model)
+    if not trace or len(trace) % batch_size:
+        return None
+    return [dict(t) for t in trace[:: len(trace) // batch_size]]  # beams / return sequences collapsed
+
+
+def _num_frames(model: Any) -> int:
+    tower_frames = getattr(model.model.video_tower, "num_frames", None)
+    return int(tower_frames or getattr(model.config, "video_num_frames", None) or DEFAULT_NUM_FRAMES)
+
+
+def _mark_video_tokens(engine: Any):
+    """Pre-hook on ``VideoLlavaModel``: the engine's visual tokens are the ``<video>`` positions of each call."""
+    video_id = engine.image_token_id
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        engine.pending_visual = None if ids is None else ids == video_id
+
+    return hook
+
+
+# -- internals ---------------------------------------------------------------------------------------------------
+
+
+class _SpatialQKProbe:
+    """Forward hooks on ``encoder.layers[i].self_attn.{q,k}_proj`` of a tower while the context is open."""
+
+    def __init__(self, tower: torch.nn.Module, layers: tuple[int, ...]):
+        self.tower, self.layers = tower, layers
+        self.queries: dict[int, torch.Tensor] = {}
+        self.keys: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> _SpatialQKProbe:
+        for i in self.layers:
+            attn = self.tower.encoder.layers[i].self_attn
+            self._handles.append(attn.q_proj.register_forward_hook(self._store(self.queries, i, True)))
+            self._handles.append(attn.k_proj.register_forward_hook(self._store(self.keys, i, False)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @staticmethod
+    def _store(into: dict[int, torch.Tensor], layer: int, cls_only: bool):
+        def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+            into[layer] = output[:, :1].clone() if cls_only else output
+
+        return hook
+
+
+def frame_keys(pixels: torch.Tensor) -> list[int]:
+    """One stable 63-bit digest per frame of ``[F, C, H, W]`` pixels (for seeded per-frame random methods)."""
+    out = []
+    for frame in pixels:
+        raw = frame.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        out.append(int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 1)
+    return out
+
+
+def collect_frame_signals(model_base: Any, frames: torch.Tensor, layers: tuple[int, ...], geometry: ModelGeometry,
+                          with_keys: bool = False) -> VisionSignals:
+    """Run the video tower on ``[B*T, C, H, W]`` frames; :class:`VisionSignals` with one "image" per frame."""
+    tower = model_base.video_tower
+    vfl = geometry.vision_feature_layer
+    with _SpatialQKProbe(tower, layers) as probe:
+        out = tower(frames, output_hidden_states=vfl if vfl != 0 else True, return_dict=True)
+    return VisionSignals(
+        tokens=out.hidden_states[vfl],
+        grid=geometry.grid,
+        feature_layer=geometry.feature_layer,
+        num_layers=geometry.vision_layers,
+        num_heads=tower.encoder.layers[0].self_attn.num_heads,
+        queries=probe.queries,
+        keys=probe.keys,
+        project=model_base.multi_modal_projector,
+        image_keys=frame_keys(frames) if with_keys else None,
+    )
+
+
+def _per_frame(state: VideoCompressionState, signals: VisionSignals):
+    """Per-frame method output: lists over frames of (features, projected?, kept indices, info)."""
+    reduction = state.config.reduce(signals)
+    n = len(reduction.features)
+    infos = reduction.info or [{} for _ in range(n)]
+    return reduction.features, reduction.projected, reduction.kept_indices, infos
+
+
+def _global(state: VideoCompressionState, signals: VisionSignals, num_videos: int):
+    config: FasterVLMConfig = state.config  # type: ignore[assignment]
+    scores = cls_patch_scores(signals, signals.feature_layer, config.head_reduction)  # [B*T, N]
+    t, n = state.num_frames, signals.num_patches
+    picks = topk_indices(scores.reshape(num_videos, t * n), config.visual_token_num * t)  # ascending
+    feats, kept = [], []
+    patches = signals.patches
+    for v in range(num_videos):
+        frame_of, patch_of = picks[v] // n, picks[v] % n
+        for f in range(t):
+            idx = patch_of[frame_of == f]
+            feats.append(patches[v * t + f, idx])
+            kept.append(idx)
+    return feats, False, kept, [{} for _ in feats]
+
+
+def _get_video_features(self, pixel_values_videos: torch.Tensor, vision_feature_layer: Any = None, **kwargs: Any):
+    """``VideoLlavaModel.get_video_features`` with the applied method between the video tower and the projector."""
+    state: VideoCompressionState = self.__dict__[STATE_ATTR]
+    if vision_feature_layer is not None and vision_feature_layer != state.geometry.vision_feature_layer:
+        raise ValueError(f"compression was applied for vision_feature_layer={state.geometry.vision_feature_layer}, "
+                         f"got {vision_feature_layer!r}")
+    b, t, c, h, w = pixel_values_videos.shape
+    if t != state.num_frames:
+        raise ValueError(f"the video tower takes {state.num_frames} frames per video, got {t}")
+    frames = pixel_values_videos.reshape(b * t, c, h, w)
+    signals = collect_frame_signals(self, frames, tuple(sorted(set(state.config.probe_layers(state.geometry)))),
+                                    state.geometry, with_keys=state.config.needs_image_keys)
+    if state.budget_mode == "global":
+        feats, projected, kept, infos = _global(state, signals, b)
+    else:
+        feats, projected, kept, infos = _per_frame(state, signals)
+    cls_tokens = signals.tokens[:, :1]
+    if state.keep_cls:
+        cls_in = [bool(info.get("cls_token")) for info in infos]  # a method that already keeps it (VisionZip)
+        if projected:
+            cls_tokens = self.multi_modal_projector(cls_tokens)
+        feats = [f if has else torch.cat([cls_tokens[i], f]) for i, (f, has) in enumerate(zip(feats, cls_in))]
+    counts = [int(f.shape[0]) for f in feats]
+    if projected:
+        per_frame = feats
+    else:
+        per_frame = list(torch.split(self.multi_modal_projector(torch.cat(feats)), counts))
+    videos = [torch.cat(per_frame[v * t : (v + 1) * t]) for v in range(b)]
+    traces = []
+    for v in range(b):
+        frames_v = range(v * t, (v + 1) * t)
+        trace: dict[str, Any] = {
+            "visual_tokens": int(videos[v].shape[0]),
+            "tokens_per_frame": [counts[i] for i in frames_v],
+            "keep_cls": state.keep_cls,
+            "budget_mode": state.budget_mode,
+            "kept_indices": [[int(j) for j in kept[i].tolist()] for i in frames_v],
+        }
+        extras = [infos[i] for i in frames_v]
+        if any(extras):
+            trace["frame_info"] = extras
+        traces.append(trace)
+    state.last_trace = traces
+    if len(set(counts)) == 1:
+        pooled = torch.stack(per_frame)  # [B*T, k, D]
+    else:
+        pooled = torch.cat(per_frame).unsqueeze(0)  # [1, sum k, D]
+    return CompressedVideoFeatures(pooler_output=pooled, features_per_video=videos, compression_trace=traces)
+
+
+def tokens_per_frame(trace: dict[str, Any]) -> list[int]:
+    return list(trace["tokens_per_frame"])
