@@ -28,20 +28,14 @@ from llava.compression.registry import (
 
 
 def load_model_and_processor(model_path: str) -> tuple[Any, Any]:
-    """Load a LLaVA checkpoint and its image processor (LLaVA-1.5 preprocessing: pad to square).
+    """Load a LLaVA checkpoint of either layout and its LLaVA-1.5 image processor (pad to square).
 
-    The only place this module loads a model; swap in ``llava.model.builder.load_pretrained_model`` here.
+    The one import from ``llava.model`` in this package, deliberately inside this command-line helper: the
+    method library itself never depends on the loader.
     """
-    from transformers import LlavaForConditionalGeneration, LlavaImageProcessorPil
+    from llava.model.builder import load_pretrained_model
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32).eval()
-    try:
-        processor = LlavaImageProcessorPil.from_pretrained(model_path, do_pad=True)
-    except OSError:  # no preprocessor_config.json: CLIP preprocessing at the tower's resolution
-        side = model.config.vision_config.image_size
-        processor = LlavaImageProcessorPil(
-            do_pad=True, size={"shortest_edge": side}, crop_size={"height": side, "width": side}
-        )
+    _, model, processor, _ = load_pretrained_model(model_path, device="cpu", dtype="float32")
     return model, processor
 
 
@@ -140,12 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             raise CliError(f"--scale must be >= 1, got {args.scale}")
 
         import llava.compression as vtc
+        from llava.model.builder import read_model_geometry
 
-        try:
-            model, processor = load_model_and_processor(args.model_path)
-        except (OSError, ValueError) as err:
-            raise CliError(f"cannot load a LLaVA model from {args.model_path}: {err}") from None
-        config = config_from_args(args, vtc.model_geometry(model))
+        config = config_from_args(args, read_model_geometry(args.model_path))  # before any weights load
+        model, processor = load_model_and_processor(args.model_path)
         vtc.apply(model, config)
         pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(model.dtype)
         with torch.no_grad():
@@ -166,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         drawn.save(args.out)
-    except (CompressionConfigError, CliError) as err:
+    except (CompressionConfigError, CliError, ValueError) as err:  # CheckpointError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

@@ -61,6 +61,28 @@ def suppressed_token_ids(tokenizer, config) -> list[int]:
     return sorted(i for i in ids if i < vocab)
 
 
+def build_generation_config(settings: GenerationSettings, tokenizer, suppress_tokens: list[int]):
+    """A fresh ``GenerationConfig`` (nothing inherited from a hub ``generation_config.json``): greedy unless
+    ``temperature > 0``, KV cache on, the tokenizer's special ids, ``suppress_tokens`` never generated."""
+    from transformers import GenerationConfig
+
+    sampling = settings.temperature > 0
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": sampling,
+        "num_beams": settings.num_beams,
+        "use_cache": True,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "suppress_tokens": suppress_tokens,
+    }
+    if sampling:
+        kwargs["temperature"] = settings.temperature
+        kwargs["top_p"] = settings.top_p if settings.top_p is not None else 1.0
+    return GenerationConfig(**kwargs)
+
+
 class LlavaGenerator:
     """Generates answers for batches of (message, pixel_values) pairs.
 
@@ -99,23 +121,7 @@ class LlavaGenerator:
         return features, traces
 
     def generation_config(self, settings: GenerationSettings):
-        from transformers import GenerationConfig
-
-        sampling = settings.temperature > 0
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": settings.max_new_tokens,
-            "do_sample": sampling,
-            "num_beams": settings.num_beams,
-            "use_cache": True,
-            "bos_token_id": self.tokenizer.bos_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "suppress_tokens": self.suppress,
-        }
-        if sampling:
-            kwargs["temperature"] = settings.temperature
-            kwargs["top_p"] = settings.top_p if settings.top_p is not None else 1.0
-        return GenerationConfig(**kwargs)
+        return build_generation_config(settings, self.tokenizer, self.suppress)
 
     @torch.inference_mode()
     def generate(

@@ -18,6 +18,7 @@ from llava.mm_utils import build_image_processor
 from llava.model.original_layout import (
     CheckpointError,
     build_llava_config,
+    check_state_shapes,
     convert_state_dict,
     detect_layout,
     read_config,
@@ -134,7 +135,9 @@ def load_pretrained_model(
         has_tower = any(k.startswith("model.vision_tower.vision_tower.") for k in llm_state)
         vision_state = None if has_tower else read_weights(tower_path)
         state = convert_state_dict(llm_state, vision_state, int(config["vocab_size"]))
-        _check_shapes(state, llava_config, model_path, tower_path)
+        with torch.device("meta"):
+            reference = LlavaForConditionalGeneration(llava_config)
+        check_state_shapes(state, reference, model_path, {"model.vision_tower.": tower_path})
         model, info = LlavaForConditionalGeneration.from_pretrained(
             None, config=llava_config, state_dict=state, output_loading_info=True, **load_kwargs
         )
@@ -201,29 +204,6 @@ def _check_special_tokens(tokenizer, config, model_path: str) -> None:
     if tokenizer.pad_token_id == image_id:
         raise CheckpointError(
             f"the tokenizer in {model_path} pads with the image token id {image_id}; set a distinct pad token"
-        )
-
-
-def _check_shapes(state: dict[str, torch.Tensor], config, model_path: str, tower_path: str) -> None:
-    from transformers import LlavaForConditionalGeneration
-
-    with torch.device("meta"):
-        reference = LlavaForConditionalGeneration(config)
-    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-    for key, value in state.items():
-        if key in expected and tuple(value.shape) != expected[key]:
-            source = tower_path if key.startswith("model.vision_tower.") else model_path
-            raise CheckpointError(
-                f"shape mismatch for {key} (from {source}): found {tuple(value.shape)}, expected {expected[key]} "
-                f"from {os.path.join(model_path, 'config.json')}; the weights and the config (or the vision tower) "
-                "do not belong together"
-            )
-    missing = sorted(k for k in expected if k not in state)
-    if missing:
-        raise CheckpointError(
-            f"weights missing from {model_path} (and the vision tower {tower_path}): {missing[:5]}"
-            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            + "; is this a projector-only checkpoint that needs --model-base?"
         )
 
 

@@ -232,3 +232,30 @@ def _pad_rows(weight: torch.Tensor, rows: int, key: str) -> torch.Tensor:
         return weight
     pad = torch.zeros(rows - weight.shape[0], *weight.shape[1:], dtype=weight.dtype)
     return torch.cat([weight, pad], dim=0)
+
+
+def check_state_shapes(state: dict[str, torch.Tensor], reference, model_path: str, sources: dict[str, str]) -> None:
+    """Compare a converted state dict with ``reference`` (a model built on the meta device from the config).
+
+    ``sources`` maps key prefixes to the folder their weights came from, so an error names the right file.
+    Raises :class:`CheckpointError` on the first shape mismatch or when weights are missing.
+    """
+    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+
+    def source_of(key: str) -> str:
+        return next((src for prefix, src in sources.items() if key.startswith(prefix)), model_path)
+
+    for key, value in state.items():
+        if key in expected and tuple(value.shape) != expected[key]:
+            raise CheckpointError(
+                f"shape mismatch for {key} (from {source_of(key)}): found {tuple(value.shape)}, expected {expected[key]} "
+                f"from {os.path.join(model_path, 'config.json')}; the weights and the config (or the vision tower) "
+                "do not belong together"
+            )
+    missing = sorted(k for k in expected if k not in state)
+    if missing:
+        raise CheckpointError(
+            f"weights missing (from {', '.join(sorted(set(map(source_of, missing))))}): {missing[:5]}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            + "; is this a projector-only checkpoint that needs --model-base?"
+        )

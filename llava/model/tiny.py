@@ -171,14 +171,15 @@ def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY) -> dict[str, to
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _preprocessor_config(g: TinyGeometry) -> dict:
+def preprocessor_config(image_size: int) -> dict:
+    """A CLIP ``preprocessor_config.json`` at ``image_size`` (what the released checkpoints ship)."""
     return {
         "image_processor_type": "CLIPImageProcessor",
         "do_resize": True,
-        "size": {"shortest_edge": g.image_size},
+        "size": {"shortest_edge": image_size},
         "resample": 3,
         "do_center_crop": True,
-        "crop_size": {"height": g.image_size, "width": g.image_size},
+        "crop_size": {"height": image_size, "width": image_size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
@@ -188,7 +189,7 @@ def _preprocessor_config(g: TinyGeometry) -> dict:
     }
 
 
-def _write_json(path: str, obj: dict) -> None:
+def write_json(path: str, obj: dict) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -218,8 +219,8 @@ def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
     config.save_pretrained(out)
     tok = add_llava_tokens(build_base_tokenizer(g.base_vocab))
     tok.save_pretrained(out)
-    _write_json(os.path.join(out, "preprocessor_config.json"), _preprocessor_config(g))
-    _write_json(
+    write_json(os.path.join(out, "preprocessor_config.json"), preprocessor_config(g.image_size))
+    write_json(
         os.path.join(out, "generation_config.json"),
         {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": g.base_vocab + 1},
     )
@@ -256,10 +257,10 @@ def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_s
         name = f"pytorch_model-{shard + 1:05d}-of-{num_shards:05d}.bin"
         torch.save(tensors, os.path.join(out, name))
         weight_map.update({k: name for k in tensors})
-    _write_json(os.path.join(out, "pytorch_model.bin.index.json"), {"metadata": {}, "weight_map": weight_map})
+    write_json(os.path.join(out, "pytorch_model.bin.index.json"), {"metadata": {}, "weight_map": weight_map})
 
     text_cfg = build_llava_config(g).text_config
-    _write_json(
+    write_json(
         os.path.join(out, "config.json"),
         {
             "architectures": ["LlavaLlamaForCausalLM"],
@@ -319,7 +320,7 @@ def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_s
     os.makedirs(clip_dir, exist_ok=True)
     save_file(clip_sd, os.path.join(clip_dir, "model.safetensors"), metadata={"format": "pt"})
     clip_cfg.save_pretrained(clip_dir)
-    _write_json(os.path.join(clip_dir, "preprocessor_config.json"), _preprocessor_config(g))
+    write_json(os.path.join(clip_dir, "preprocessor_config.json"), preprocessor_config(g.image_size))
     return out
 
 

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from compression_helpers import build_tiny_llava
 from PIL import Image
-from transformers import LlavaImageProcessorPil
 
 from llava.compression import visualize
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_llava")
-    build_tiny_llava(0).save_pretrained(path)
-    LlavaImageProcessorPil(
-        do_pad=True, size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
-    ).save_pretrained(path)
-    image = path / "cat.png"
+def checkpoint(tiny_hf, tmp_path_factory):
+    """The session's tiny llava-hf checkpoint (24 CLIP layers, 576 patches) and a non-square image."""
+    image = tmp_path_factory.mktemp("images") / "cat.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(image)
-    return path, image
+    return Path(tiny_hf), image
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,7 @@ from llava.model.builder import load_tokenizer, resolve_device, resolve_dtype
 from llava.model.original_layout import (
     LLAMA_FIELDS,
     CheckpointError,
+    check_state_shapes,
     read_config,
     read_weights,
     resolve_vision_tower,
@@ -375,32 +376,6 @@ def _towers_share_spatial(video: dict, image: dict) -> bool:
     return all(k in video and video[k].shape == image[k].shape and torch.equal(video[k], image[k]) for k in keys)
 
 
-def _check_shapes(state: dict[str, torch.Tensor], config, sources: dict[str, str], model_path: str) -> None:
-    with torch.device("meta"):
-        reference = VideoLlavaTemporalForConditionalGeneration(config)
-    expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-
-    def source_of(key: str) -> str:
-        for prefix, src in sources.items():
-            if key.startswith(prefix):
-                return src
-        return model_path
-
-    for key, value in state.items():
-        if key in expected and tuple(value.shape) != expected[key]:
-            raise CheckpointError(
-                f"shape mismatch for {key} (from {source_of(key)}): found {tuple(value.shape)}, expected "
-                f"{expected[key]} from {os.path.join(model_path, 'config.json')} and the tower config; the weights "
-                "and the configs do not belong together"
-            )
-    missing = sorted(k for k in expected if k not in state)
-    if missing:
-        raise CheckpointError(
-            f"weights missing (from {sorted(set(map(source_of, missing)))}): {missing[:5]}"
-            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        )
-
-
 # -- loading -----------------------------------------------------------------------------------------------------
 
 
@@ -493,7 +468,9 @@ def load_pretrained_model(
         state.update({"model.image_tower." + k: v for k, v in it.state.items()})
         sources = {"model.video_tower.": vt.folder if vt.source == "folder" else model_path,
                    "model.image_tower.": it.folder if it.source == "folder" else model_path}
-        _check_shapes(state, llava_config, sources, model_path)
+        with torch.device("meta"):
+            reference = VideoLlavaTemporalForConditionalGeneration(llava_config)
+        check_state_shapes(state, reference, model_path, sources)
         share = _towers_share_spatial(vt.state, it.state)
         model, loading = VideoLlavaTemporalForConditionalGeneration.from_pretrained(
             None, config=llava_config, state_dict=state, output_loading_info=True, **load_kwargs

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from llava.eval.inference import GenerationSettings, SampleResult, left_pad
+from llava.eval.inference import GenerationSettings, SampleResult, build_generation_config, left_pad
 from llava.mm_utils import tokenizer_image_token
 from videollava.model.builder import suppressed_token_ids
 from videollava.model.compression import llm_trace
@@ -79,23 +79,7 @@ class VideoLlavaGenerator:
         return tokenizer_image_token(self.build_prompt(question), self.tokenizer, self.video_token_id, tokens_per_frame)
 
     def generation_config(self, settings: GenerationSettings):
-        from transformers import GenerationConfig
-
-        sampling = settings.temperature > 0
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": settings.max_new_tokens,
-            "do_sample": sampling,
-            "num_beams": settings.num_beams,
-            "use_cache": True,
-            "bos_token_id": self.tokenizer.bos_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "suppress_tokens": self.suppress,
-        }
-        if sampling:
-            kwargs["temperature"] = settings.temperature
-            kwargs["top_p"] = settings.top_p if settings.top_p is not None else 1.0
-        return GenerationConfig(**kwargs)
+        return build_generation_config(settings, self.tokenizer, self.suppress)
 
     @torch.inference_mode()
     def generate(self, questions: list[str], videos: list[torch.Tensor], settings: GenerationSettings,

@@ -29,14 +29,13 @@ video tower except ``class_embedding`` and ``post_layernorm``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_PAD_TOKEN, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from llava.model.tiny import build_base_tokenizer
+from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_PAD_TOKEN
+from llava.model.tiny import build_base_tokenizer, preprocessor_config, write_json
 from videollava.model.builder import video_padded_vocab
 from videollava.model.languagebind import VideoLlavaTemporalForConditionalGeneration
 
@@ -168,29 +167,6 @@ def build_tiny_state_dict(seed: int = 0, temporal: str = "zero", g: TinyVideoGeo
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _write_json(path: str, obj: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
-def _preprocessor_config(g: TinyVideoGeometry) -> dict:
-    return {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": g.image_size},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": g.image_size, "width": g.image_size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(OPENAI_CLIP_MEAN),
-        "image_std": list(OPENAI_CLIP_STD),
-        "do_convert_rgb": True,
-    }
-
-
 def write_hf_layout(out: str, seed: int = 0, g: TinyVideoGeometry = TINY_VIDEO) -> str:
     """The ``Video-LLaVA-7B-hf`` layout of the tiny model (no temporal layers, as the port)."""
     from safetensors.torch import save_file
@@ -214,8 +190,8 @@ def write_hf_layout(out: str, seed: int = 0, g: TinyVideoGeometry = TINY_VIDEO) 
     config.architectures = ["VideoLlavaForConditionalGeneration"]
     config.save_pretrained(out)
     add_video_llava_tokens(build_base_tokenizer(g.base_vocab)).save_pretrained(out)
-    _write_json(os.path.join(out, "preprocessor_config.json"), _preprocessor_config(g))
-    _write_json(os.path.join(out, "generation_config.json"),
+    write_json(os.path.join(out, "preprocessor_config.json"), preprocessor_config(g.image_size))
+    write_json(os.path.join(out, "generation_config.json"),
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": g.base_vocab + 2})
     return out
 
@@ -264,8 +240,8 @@ def write_original_layout(out: str, seed: int = 0, temporal: str = "zero", g: Ti
         part = {k: shards[k] for i, k in enumerate(keys) if i * num_shards // len(keys) == shard}
         torch.save(part, os.path.join(out, name))
         weight_map.update({k: name for k in part})
-    _write_json(os.path.join(out, "pytorch_model.bin.index.json"), {"metadata": {}, "weight_map": weight_map})
-    _write_json(os.path.join(out, "config.json"), {
+    write_json(os.path.join(out, "pytorch_model.bin.index.json"), {"metadata": {}, "weight_map": weight_map})
+    write_json(os.path.join(out, "config.json"), {
         "architectures": ["LlavaLlamaForCausalLM"],
         "model_type": "llava",
         "_name_or_path": "lmsys/vicuna-7b-v1.5",
@@ -294,7 +270,7 @@ def write_original_layout(out: str, seed: int = 0, temporal: str = "zero", g: Ti
         "freeze_mm_mlp_adapter": False,
         "use_mm_proj": True,
     })
-    _write_json(os.path.join(out, "generation_config.json"),
+    write_json(os.path.join(out, "generation_config.json"),
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "temperature": 0.9, "top_p": 0.6})
     tok = build_base_tokenizer(g.base_vocab)
     tok.pad_token = tok.unk_token
@@ -312,7 +288,7 @@ def write_original_layout(out: str, seed: int = 0, temporal: str = "zero", g: Ti
         tensors["text_projection.weight"] = torch.randn(g.vision_hidden, 32, generator=gen)
         tensors["logit_scale"] = torch.tensor(2.6592)
         torch.save(tensors, os.path.join(tower_dir, "pytorch_model.bin"))
-        _write_json(os.path.join(tower_dir, "config.json"), _tower_config(g, what == "video"))
+        write_json(os.path.join(tower_dir, "config.json"), _tower_config(g, what == "video"))
     return out
 
 
