@@ -38,13 +38,23 @@ format: $(STAMP)
 clean:
 	rm -rf demo_out .pytest_cache
 
-# Every method x benchmark script end to end on the tiny checkpoint and the mini fixtures (CPU; slow).
+# Every method x benchmark script end to end on the tiny checkpoint and the mini fixtures (CPU; about an hour).
+# The tiny LLM has 4 decoder layers, so in-LLM methods whose default layers are deeper get shallower ones
+# (and PyramidDrop a budget its layer average can reach).
+TINY_KNOBS_PDrop      := -- --pdrop-layers 1,2,3
+TINY_KNOBS_SparseVLM  := -- --sparsevlm-layers 0,1,2
+TINY_KNOBS_FiCoCo-L   := 2
+TINY_KNOBS_FiCoCo-VL  := 2
 eval-mini: $(STAMP)
 	$(PY) -m llava.model.tiny --out demo_out/checkpoints/tiny-llava-v1.5
 	$(PY) -m llava.data.mini --out demo_out/eval-mini
 	set -e; for script in scripts/v1_5/eval/*/*.sh; do \
-	  case $$script in */baseline/*) args="";; *) args="64";; esac; \
+	  method=$$(basename $$(dirname $$script)); \
+	  case $$method in baseline) args="";; PDrop) args="192 $(TINY_KNOBS_PDrop)";; \
+	    SparseVLM) args="64 $(TINY_KNOBS_SparseVLM)";; FiCoCo-L) args="64 $(TINY_KNOBS_FiCoCo-L)";; \
+	    FiCoCo-VL) args="64 $(TINY_KNOBS_FiCoCo-VL)";; *) args="64";; esac; \
+	  case $$args in *--*) extra="";; *) extra="--";; esac; \
 	  MODEL_PATH=demo_out/checkpoints/tiny-llava-v1.5 DATA_ROOT=demo_out/eval-mini CUDA_VISIBLE_DEVICES= \
-	    bash $$script $$args -- --max_new_tokens 16 --num-workers 0; \
+	    bash $$script $$args $$extra --max_new_tokens 16 --num-workers 0; \
 	done
-	DATA_ROOT=demo_out/eval-mini $(PY) -m llava.eval.summarize --root demo_out/eval-mini
+	$(PY) -m llava.eval.summarize --root demo_out/eval-mini

@@ -43,7 +43,7 @@ MAIN_KNOB = {
     "tome": "--tome-r",
     "ficoco-v": "--ficoco-start-layer",
     "ficoco-l": "--ficoco-start-layer",
-    "ficoco-vl": "--ficoco-start-layer",
+    "ficoco-vl": "--ficoco-llm-start-layer",
     "visionzip": "--contextual-tokens",
 }
 

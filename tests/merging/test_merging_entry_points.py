@@ -75,3 +75,16 @@ def test_loader_runs_ficoco_vl_and_tome_batched_like_single(tiny_hf, image_folde
         assert "kept_indices" not in meta
     tome = run("tome", "--method", "tome", "--tome-r", "8", "--batch-size", "2")
     assert [a["metadata"]["visual_tokens"] for a in tome] == [576 - 23 * 8] * 3
+
+
+def test_applied_config_of_ficoco_vl_is_the_whole_method(tiny_hf):
+    import llava.compression as vtc
+    from llava.model.builder import load_pretrained_model
+
+    _, model, _, _ = load_pretrained_model(tiny_hf, device="cpu")
+    vtc.apply(model, "ficoco-vl", visual_token_num=64, ficoco_llm_start_layer=2)  # tiny LLM: 4 layers
+    assert vtc.applied_config(model).name == "ficoco-vl"
+    vtc.apply(model, "fastv", visual_token_num=64)
+    assert vtc.applied_config(model).name == "fastv"
+    vtc.remove(model)
+    assert vtc.applied_config(model).name == "none"

@@ -108,3 +108,13 @@ def test_script_errors_are_one_line(tiny_hf, data_root, rel, args, message):
 def test_missing_checkpoint_folder(data_root):
     proc = _script("baseline/pope.sh", env_extra={"CKPT": "no-such-ckpt", "DATA_ROOT": data_root}, check=False)
     assert proc.returncode == 2 and "checkpoints/no-such-ckpt not found" in proc.stderr
+
+
+def test_every_main_knob_is_a_flag_of_its_method():
+    from llava.compression.registry import available_methods, get_method
+    from llava.eval.run_benchmark import MAIN_KNOB
+
+    for method, flag in MAIN_KNOB.items():
+        assert method in available_methods(), method
+        flags = {f.metadata.get("flag") for f in get_method(method).config_cls.__dataclass_fields__.values()}
+        assert flag in flags, (method, flag)

@@ -175,11 +175,11 @@ def applied_config(model: Any) -> MethodConfig:
     """The config applied to ``model`` (``NoCompression`` when none)."""
     from llava.compression.integrations import llama_pruning  # in-LLM methods (Stage.LLM)
 
+    state = _state_of(model)  # vision-side state first: FiCoCo-VL's LLM stage is a sub-config of it
+    if state is not None:
+        return state.config
     llm_config = llama_pruning.applied_config(model)
-    if llm_config is not None:
-        return llm_config
-    state = _state_of(model)
-    return NoCompression() if state is None else state.config
+    return NoCompression() if llm_config is None else llm_config
 
 
 def last_trace(model: Any) -> list[dict[str, Any]] | None:
