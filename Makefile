@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q -e ".[video,dev]"
+	$(PY) -m pip install -q -e ".[video,judge,plot,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
