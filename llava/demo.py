@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             answers = os.path.join(data_root, task.data_dir, "answers", "tiny-llava-v1.5", method, f"{budget}.jsonl")
             _run_entry(module, ["--model-path", ckpt, *task.inference_args(data_root), "--answers-file", answers,
                                 "--batch-size", "2", "--num-workers", "0", "--max_new_tokens", "16",
-                                "--device", "cpu", *method_args])
+                                "--device", "cpu", "--overwrite", *method_args])
             with contextlib.redirect_stdout(io.StringIO()):
                 results[bench] = score(bench, answers, data_root=data_root)
         seconds = time.time() - t0
