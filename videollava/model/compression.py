@@ -41,7 +41,6 @@ Methods acting inside the vision encoder (ToMe, FiCoCo-V, FiCoCo-VL) are refused
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +49,7 @@ import torch
 from transformers import VideoLlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from llava.compression.integrations.llava import QKProbe, pixel_key
 from llava.compression.methods.fastervlm import FasterVLMConfig, cls_patch_scores
 from llava.compression.pre_llm import PreLLMMethod, VisionSignals
 from llava.compression.registry import (
@@ -265,42 +265,9 @@ def _mark_video_tokens(engine: Any):
 # -- internals ---------------------------------------------------------------------------------------------------
 
 
-class _SpatialQKProbe:
-    """Forward hooks on ``encoder.layers[i].self_attn.{q,k}_proj`` of a tower while the context is open."""
-
-    def __init__(self, tower: torch.nn.Module, layers: tuple[int, ...]):
-        self.tower, self.layers = tower, layers
-        self.queries: dict[int, torch.Tensor] = {}
-        self.keys: dict[int, torch.Tensor] = {}
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> _SpatialQKProbe:
-        for i in self.layers:
-            attn = self.tower.encoder.layers[i].self_attn
-            self._handles.append(attn.q_proj.register_forward_hook(self._store(self.queries, i, True)))
-            self._handles.append(attn.k_proj.register_forward_hook(self._store(self.keys, i, False)))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    @staticmethod
-    def _store(into: dict[int, torch.Tensor], layer: int, cls_only: bool):
-        def hook(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
-            into[layer] = output[:, :1].clone() if cls_only else output
-
-        return hook
-
-
 def frame_keys(pixels: torch.Tensor) -> list[int]:
     """One stable 63-bit digest per frame of ``[F, C, H, W]`` pixels (for seeded per-frame random methods)."""
-    out = []
-    for frame in pixels:
-        raw = frame.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        out.append(int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 1)
-    return out
+    return [pixel_key(frame) for frame in pixels]
 
 
 def collect_frame_signals(model_base: Any, frames: torch.Tensor, layers: tuple[int, ...], geometry: ModelGeometry,
@@ -308,7 +275,7 @@ def collect_frame_signals(model_base: Any, frames: torch.Tensor, layers: tuple[i
     """Run the video tower on ``[B*T, C, H, W]`` frames; :class:`VisionSignals` with one "image" per frame."""
     tower = model_base.video_tower
     vfl = geometry.vision_feature_layer
-    with _SpatialQKProbe(tower, layers) as probe:
+    with QKProbe(tower, layers) as probe:  # spatial attention of each frame
         out = tower(frames, output_hidden_states=vfl if vfl != 0 else True, return_dict=True)
     return VisionSignals(
         tokens=out.hidden_states[vfl],

@@ -263,13 +263,13 @@ def _pad_id(model: Any, pad_token_id: int | None) -> int:
     return 0
 
 
-def _pixel_key(pixels: torch.Tensor) -> int:
+def pixel_key(pixels: torch.Tensor) -> int:
     """A stable 63-bit digest of one image's pixel tensor (same pixels -> same key, whatever the batch)."""
     raw = pixels.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") >> 1
 
 
-class _QKProbe:
+class QKProbe:
     """Forward hooks on the ``q_proj`` / ``k_proj`` of some encoder layers while the context is open."""
 
     def __init__(self, tower: torch.nn.Module, layers: tuple[int, ...]):
@@ -278,7 +278,7 @@ class _QKProbe:
         self.keys: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
 
-    def __enter__(self) -> _QKProbe:
+    def __enter__(self) -> QKProbe:
         for i in self.layers:
             attn = self.tower.encoder.layers[i].self_attn
             self._handles.append(
@@ -317,7 +317,7 @@ def collect_vision_signals(
     vfl = geometry.vision_feature_layer
     tower = base.vision_tower
     output_hidden_states = tower_kwargs.pop("output_hidden_states", None) or (vfl if vfl != 0 else True)
-    with _QKProbe(tower, tuple(layers)) as probe:
+    with QKProbe(tower, tuple(layers)) as probe:
         out = tower(pixel_values, output_hidden_states=output_hidden_states, return_dict=True, **tower_kwargs)
     signals = VisionSignals(
         tokens=out.hidden_states[vfl],
@@ -328,7 +328,7 @@ def collect_vision_signals(
         queries=probe.queries,
         keys=probe.keys,
         project=base.multi_modal_projector,
-        image_keys=[_pixel_key(p) for p in pixel_values] if with_image_keys else None,
+        image_keys=[pixel_key(p) for p in pixel_values] if with_image_keys else None,
     )
     return signals, out
 
