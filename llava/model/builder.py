@@ -148,7 +148,7 @@ def load_pretrained_model(
 
     model.eval()
     model.llava_load_info = LoadedInfo(layout, model_path, tower_path, aspect)
-    tokenizer = load_tokenizer(model_path, model_base, layout)
+    tokenizer = load_tokenizer(model_path, model_base)
     _check_special_tokens(tokenizer, model.config, model_path)
     image_processor = build_image_processor(
         image_size=image_size,
@@ -169,7 +169,8 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def load_tokenizer(model_path: str, model_base: str | None, layout: str):
+def load_tokenizer(model_path: str, model_base: str | None = None):
+    """The checkpoint's tokenizer (or the base model's), padding on the left, with a pad token (unk if none)."""
     from transformers import AutoTokenizer, LlamaConfig
 
     last_error = None

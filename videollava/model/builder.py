@@ -495,7 +495,7 @@ def load_pretrained_model(
                 layer.mlp.activation_fn = ACT2FN[vision_hidden_act]
     model.eval()
     model.videollava_load_info = info
-    tokenizer = load_tokenizer(model_path, None, layout)
+    tokenizer = load_tokenizer(model_path)
     _check_special_tokens(tokenizer, model.config, model_path)
     transform = video_transform or ("languagebind" if layout == "original" else "clip")
     vc = model.config.vision_config
