@@ -437,14 +437,14 @@ def _dart(config, g, ctx):
 
 
 def ficoco_l_step_flops(g: BenchGeometry, visual: int, text: int, text_after: int, r: int) -> float:
-    """FiCoCo-L's own work before one merging decoder layer with ``visual`` visual tokens, ``r`` sources: queries of
-    the visual + following text tokens from layer ``K-1``'s ``q_proj`` (keys come from the cache), their head-mean
-    attention over the whole sequence, the text-bridged correlation ``N x M x N`` and the compress step."""
+    """FiCoCo-L's own work before one merging decoder layer with ``visual`` visual tokens, ``r`` sources: the
+    head-mean attention of the visual + following text tokens over the whole sequence (their queries are layer
+    ``K-1``'s own ``q_proj`` outputs, captured from its forward, and the keys come from the cache: no projection is
+    recomputed), the text-bridged correlation ``N x M x N`` and the compress step."""
     q = visual + text_after
     d = g.llm_hidden
     return (
-        2.0 * q * d * d
-        + 2.0 * q * (visual + text) * d
+        2.0 * q * (visual + text) * d
         + 2.0 * visual * text_after * visual
         + 2.0 * r * (visual - r) * d
     )

@@ -52,6 +52,16 @@ def test_hand_computed_pre_llm_and_in_llm():
     assert F.kv_cache_bytes(b.counts, HAND) == (7 + 5) * 2 * 8 * 2
 
 
+@pytest.mark.skipif("ficoco-l" not in available_methods(), reason="ficoco-l not registered")
+def test_hand_computed_ficoco_l_overhead():
+    # FiCoCo-L merging 4 -> 2 before layer 1: 4 visual + 1 following text query (layer 0's q_proj outputs are
+    # captured from its forward, keys come from the cache: no 2 Q D^2 term) over all 7 tokens 2 * 5 * 7 * 16 = 1120,
+    # the text-bridged correlation 2 * 4 * 1 * 4 = 32 and the compress step 2 * r (N - r) D = 2 * 2 * 2 * 16 = 128
+    b = F.flops_breakdown("ficoco-l", HAND, {"ficoco_start_layer": 1, "visual_token_num": 2})
+    assert b.counts.visual_tokens_per_layer == [4, 2]
+    assert b.method == 1120 + 32 + 128 == F.ficoco_l_step_flops(HAND, 4, 3, 1, 2)
+
+
 def test_llm_viewer_reference_points():
     g = get_geometry("llava-1.5-7b")
     # F(n) = L [2 n (4 D^2 + 3 D H) + 4 n^2 D], D = 4096, H = 11008, L = 32, n = 576 + 60

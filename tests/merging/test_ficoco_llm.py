@@ -189,3 +189,38 @@ def test_invalid_llm_arguments(model):
     c = vtc.make_config("ficoco-l", g)
     assert c.prune_layers(g) == tuple(range(4, 32)) and c.visual_token_num == 64
     assert sum(c.per_layer(576, 28)) == 512
+
+
+@pytest.mark.parametrize("key", ["ficoco-l", "ficoco-l-quirks", "ficoco-vl"])
+@torch.inference_mode()
+def test_queries_are_captured_not_recomputed(model, key):
+    """Layer K-1's queries come from its own q_proj output (one call per layer at prefill), with the same result as
+    recomputing them; the capture hooks are per instance and go with remove()."""
+    _apply(model, key)
+    lm = model.model.language_model
+    state = llama_pruning._state(lm)
+    assert state.query_layers == tuple(k - 1 for k in state.layers)
+    ids, mask, kw = _inputs(model, LEFT_PADDED)
+    calls = [0] * LLM_LAYERS
+    counters = [
+        layer.self_attn.q_proj.register_forward_hook(lambda m, a, o, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, layer in enumerate(lm.layers)
+    ]
+    try:
+        captured = generate(model, ids, mask, kw, output_scores=True, return_dict_in_generate=True)
+        trace = model.llm_compression_trace
+        assert calls == [GEN["max_new_tokens"]] * LLM_LAYERS  # the prefill + 4 decode steps: no extra q_proj call
+        assert state.captured_queries is None  # nothing kept after the prefill
+        query_layers, state.query_layers = state.query_layers, ()  # fall back to recomputing q_proj
+        recomputed = generate(model, ids, mask, kw, output_scores=True, return_dict_in_generate=True)
+        state.query_layers = query_layers
+    finally:
+        for h in counters:
+            h.remove()
+    assert torch.equal(captured.sequences, recomputed.sequences)
+    assert model.llm_compression_trace == trace
+    for a, b in zip(captured.scores, recomputed.scores):
+        assert torch.equal(a, b)
+    assert any(layer.self_attn.q_proj._forward_hooks for layer in lm.layers)
+    vtc.remove(model)
+    assert not any(layer.self_attn.q_proj._forward_hooks for layer in lm.layers)

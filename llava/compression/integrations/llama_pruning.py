@@ -10,15 +10,18 @@ Where it hooks (all per model instance, nothing at class level, no ``__class__``
   before each pruning layer ``K`` of the method's schedule;
 * on a LLaVA model, a forward pre-hook on the ``LlavaModel`` records ``input_ids == image_token_id`` of every call
   (the visual tokens, wherever the image sits in each row), and ``model.generate`` is wrapped to publish the
-  per-row trace as ``model.llm_compression_trace``.
+  per-row trace as ``model.llm_compression_trace``;
+* for the layers a method lists in ``query_layers`` (each ``K-1`` of a pruning layer ``K``: FiCoCo-L), a forward hook
+  on ``layers[K-1].self_attn.q_proj`` that keeps a reference to its output during prefills only (no copy, no extra
+  matmul); ``PruneStep.queries`` gathers the requested rows from it instead of recomputing ``q_proj``.
 
 Prefill (``past_key_values`` empty or absent), before layer ``K``:
 
 1. the method gets a :class:`~llava.compression.llm.base.PruneStep`: hidden states entering ``K`` and ``K-1``, masks
    of visual / valid / prompt tokens, and on demand attention rows computed from layer ``K-1``'s or ``K``'s *own*
-   ``input_layernorm`` + ``q_proj`` + RoPE for the few queries it needs, against that layer's post-RoPE keys (read
-   from the ``DynamicCache`` for ``K-1``; recomputed with ``k_proj`` otherwise). SDPA/FlashAttention stay on in
-   every layer;
+   ``input_layernorm`` + ``q_proj`` + RoPE for the few queries it needs (layer ``K-1``'s ``q_proj`` output captured
+   from its forward when the method declares it), against that layer's post-RoPE keys (read from the
+   ``DynamicCache`` for ``K-1``; recomputed with ``k_proj`` otherwise). SDPA/FlashAttention stay on in every layer;
 2. it returns the visual tokens to keep per row (plus optional merged tokens, SparseVLM);
 3. each row's sequence becomes: its valid non-visual tokens + kept visual tokens (+ merged ones after the last kept
    visual token), in sequence order; rows are left-filled to the longest row with masked filler (existing padding
@@ -93,12 +96,15 @@ class EngineState:
     config: LLMPruningMethod
     geometry: ModelGeometry
     layers: tuple[int, ...]
+    query_layers: tuple[int, ...] = ()
     image_token_id: int | None = None
     pending_visual: torch.Tensor | None = None
     prefill: _Prefill | None = None
     last_trace: list[dict[str, Any]] | None = None
     pinned_prompt: int | None = None
     owner: Any = None  # weakref to the LlavaForConditionalGeneration, when applied through apply()
+    # q_proj outputs of query_layers, only while a pruning prefill runs
+    captured_queries: dict[int, torch.Tensor] | None = None
     handles: list[Any] = field(default_factory=list)
     saved: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
@@ -160,8 +166,23 @@ def attach(
         )
     config.validate(geometry)
     layers = tuple(config.prune_layers(geometry))
+    query_layers = tuple(sorted(set(config.query_layers(geometry))))
+    bad = [q for q in query_layers if q + 1 not in layers]
+    if bad:
+        raise CompressionConfigError(
+            f"{config.name}: query_layers {bad} are not K-1 of a pruning layer K (pruning layers {list(layers)})"
+        )
     detach(language_model)
-    state = EngineState(config=config, geometry=geometry, layers=layers, image_token_id=image_token_id)
+    state = EngineState(
+        config=config,
+        geometry=geometry,
+        layers=layers,
+        query_layers=query_layers,
+        image_token_id=image_token_id,
+    )
+    for q in query_layers:
+        proj = language_model.layers[q].self_attn.q_proj
+        state.handles.append(proj.register_forward_hook(_capture_queries(state, q)))
     state.saved["forward"] = (language_model, language_model.__dict__.get("forward"))
     language_model.__dict__[STATE_ATTR] = state
     language_model.forward = types.MethodType(_forward, language_model)
@@ -283,6 +304,16 @@ def _capture_visual(state: EngineState):
     return hook
 
 
+def _capture_queries(state: EngineState, layer: int):
+    """Forward hook on ``layers[layer].self_attn.q_proj``: keep its output (a reference) during a pruning prefill."""
+
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if state.captured_queries is not None:
+            state.captured_queries[layer] = output
+
+    return hook
+
+
 def _generate(self, *args: Any, **kwargs: Any):
     """``generate`` that publishes the in-LLM trace as ``self.llm_compression_trace`` (one dict per input row)."""
     state = _state(self.model.language_model)
@@ -366,19 +397,24 @@ def _forward(
         run = _DecodeRun.create(self, state, attention_mask, position_ids, past_key_values, past_seen)
 
     layer_input = hidden_states
-    for i, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-        if run is not None and i in run.starts:
-            hidden_states, view = run.enter(i, hidden_states, layer_input, view)
-        layer_input = hidden_states
-        hidden_states = decoder_layer(
-            hidden_states,
-            attention_mask=view.mask,
-            position_embeddings=view.position_embeddings,
-            position_ids=view.position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            **kwargs,
-        )
+    if isinstance(run, _PrefillRun) and run.starts and state.query_layers:
+        state.captured_queries = {}
+    try:
+        for i, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+            if run is not None and i in run.starts:
+                hidden_states, view = run.enter(i, hidden_states, layer_input, view)
+            layer_input = hidden_states
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=view.mask,
+                position_embeddings=view.position_embeddings,
+                position_ids=view.position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
+            )
+    finally:
+        state.captured_queries = None
     if isinstance(run, _PrefillRun):
         run.finish()
 
@@ -400,8 +436,10 @@ class _Step(PruneStep):
         hidden: torch.Tensor,
         prev_hidden: torch.Tensor,
         view: _View,
+        captured_queries: torch.Tensor | None = None,
     ):
         self.run, self.layer, self.stage = run, layer, stage
+        self._captured_queries = captured_queries  # [B, T, H*d] layer K-1's q_proj output, pre-RoPE
         self.hidden, self.prev_hidden = hidden, prev_hidden
         b, t = hidden.shape[:2]
         cos, sin = view.position_embeddings
@@ -457,10 +495,14 @@ class _Step(PruneStep):
         src = self._source(layer)
         block = self.run.lm.layers[layer]
         attn = block.self_attn
-        d = src.shape[-1]
-        x = torch.gather(src, 1, index[..., None].expand(-1, -1, d))
-        x = block.input_layernorm(x)
-        q = attn.q_proj(x).view(index.shape[0], index.shape[1], -1, attn.head_dim).transpose(1, 2)
+        captured = self._captured_queries
+        if layer == self.layer - 1 and captured is not None and captured.shape[:2] == src.shape[:2]:
+            # exactly what layer K-1's attention used: no second q_proj
+            q = torch.gather(captured, 1, index[..., None].expand(-1, -1, captured.shape[-1]))
+        else:
+            x = torch.gather(src, 1, index[..., None].expand(-1, -1, src.shape[-1]))
+            q = attn.q_proj(block.input_layernorm(x))
+        q = q.view(index.shape[0], index.shape[1], -1, attn.head_dim).transpose(1, 2)
         hd = self._cos.shape[-1]
         cos = torch.gather(self._cos, 1, index[..., None].expand(-1, -1, hd))
         sin = torch.gather(self._sin, 1, index[..., None].expand(-1, -1, hd))
@@ -513,7 +555,13 @@ class _PrefillRun:
 
     def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
         stage = self.state.layers.index(layer)
-        step = _Step(self, layer, stage, hidden, prev_hidden, view)
+        captured = self.state.captured_queries
+        # layer K-1's q_proj output is consumed here: drop it (and anything older) so at most one stays alive
+        q = captured.pop(layer - 1, None) if captured is not None else None
+        if captured:
+            for old in [i for i in captured if i < layer]:
+                del captured[old]
+        step = _Step(self, layer, stage, hidden, prev_hidden, view, captured_queries=q)
         selections = self.state.config.select(step)
         if len(selections) != hidden.shape[0]:
             raise RuntimeError(

@@ -119,7 +119,12 @@ class PruneStep:
         raise NotImplementedError
 
     def queries(self, layer: int, index: torch.Tensor) -> torch.Tensor:
-        """``[B, H, Q, d]`` post-RoPE queries of layer ``layer`` (``K-1`` or ``K``) for current indices ``[B, Q]``."""
+        """``[B, H, Q, d]`` post-RoPE queries of layer ``layer`` (``K-1`` or ``K``) for current indices ``[B, Q]``.
+
+        Layer ``K-1``'s come from that layer's own ``q_proj`` output, captured during its forward, when the method
+        lists ``K-1`` in :meth:`LLMPruningMethod.query_layers`; otherwise they are recomputed with the layer's
+        ``input_layernorm`` / ``q_proj`` for the requested tokens only. RoPE is applied either way.
+        """
         raise NotImplementedError
 
     def keys(self, layer: int) -> torch.Tensor:
@@ -159,6 +164,15 @@ class LLMPruningMethod(MethodConfig):
     def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
         """Extra JSON-serialisable fields for every row's trace (e.g. a solved schedule)."""
         return {}
+
+    def query_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
+        """Layers whose ``q_proj`` outputs the engine keeps at prefill for :meth:`PruneStep.queries`.
+
+        Each must be ``K-1`` for a pruning layer ``K``. Worth it when a method needs the queries of many tokens
+        (FiCoCo-L: every visual and following text token): the engine captures them from the layer's own forward
+        instead of recomputing the projection. Default: none (a few queries are cheaper to recompute).
+        """
+        return ()
 
 
 def positions_option(default: str) -> Any:

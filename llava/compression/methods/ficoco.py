@@ -346,6 +346,10 @@ class FiCoCoLConfig(LLMPruningMethod):
             "ficoco_llm_merges_per_layer": self.per_layer(self.expected_input(geometry), steps),
         }
 
+    def query_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
+        # every merge reads layer K-1's queries of all visual + following text tokens: capture, do not recompute
+        return tuple(k - 1 for k in self.prune_layers(geometry))
+
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         layer = step.layer - 1  # merging before layer K reads layer K-1's attention
         b = step.batch_size
@@ -416,10 +420,7 @@ def _layer_attention(step: PruneStep, layer: int, index: torch.Tensor, logits: b
     Probabilities under the causal and padding mask (exactly the layer's own weights), or, with ``logits``, the
     head-mean pre-softmax logits without any mask (the released code's choice). Heads are accumulated one at a time.
     """
-    queries = getattr(step, "queries", None)
-    if queries is None:
-        raise RuntimeError("ficoco-l needs PruneStep.queries() (post-RoPE queries) from the in-LLM engine")
-    q = queries(layer, index)  # [B, H, Q, d]
+    q = step.queries(layer, index)  # [B, H, Q, d] post-RoPE (layer K-1's captured q_proj output)
     k = expand_kv_heads(step.keys(layer), q.shape[1])  # [B, H, T, d]
     scale = q.shape[-1] ** -0.5
     if logits:
