@@ -42,23 +42,29 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
     p.add_argument("--conv-mode", default="vicuna_v1")
     p.add_argument("--num-chunks", type=int, default=1)
     p.add_argument("--chunk-idx", type=int, default=0)
+    add_run_arguments(p, max_new_tokens, "image")
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser, max_new_tokens: int, unit: str) -> None:
+    """Decoding, batching, device, resume and compression flags shared by every inference entry point.
+    ``unit`` names what one question carries ("image", "video") in the help texts."""
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the evaluation setting)")
     p.add_argument("--top_p", type=float, default=None)
     p.add_argument("--num_beams", type=int, default=1)
     p.add_argument("--max_new_tokens", type=int, default=max_new_tokens)
     p.add_argument("--seed", type=int, default=0, help="seed for sampling (--temperature > 0) and random methods")
     p.add_argument("--batch-size", type=int, default=1, help="questions per generate() call (left padding)")
-    p.add_argument("--num-workers", type=int, default=2, help="image-loading worker processes")
+    p.add_argument("--num-workers", type=int, default=2, help=f"{unit}-loading worker processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU) | float16 | bfloat16 | float32")
     p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
     p.add_argument("--overwrite", action="store_true", help="start a fresh answers file instead of resuming")
     p.add_argument("--skip-bad-inputs", action="store_true",
-                   help="record unreadable images in the answer's metadata.error and go on")
+                   help=f"record unreadable {unit}s in the answer (metadata.error) and go on")
     p.add_argument("--retry-errors", action="store_true", help="rerun questions recorded with an error")
     p.add_argument("--save-kept-tokens", action="store_true", help="record kept_indices in each answer's metadata")
     add_method_arguments(p)
-    return p
 
 
 class _ItemImages(Dataset):

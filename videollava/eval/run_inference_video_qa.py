@@ -41,12 +41,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from llava.compression.pre_llm import PreLLMMethod
-from llava.compression.registry import add_method_arguments, config_from_args
+from llava.compression.registry import config_from_args
 from llava.constants import MAX_NEW_TOKENS_LONG
 from llava.eval.answers import AnswerWriter
 from llava.eval.inference import GenerationSettings
 from llava.eval.questions import answer_key, get_chunk
-from llava.eval.runner import main_with_errors
+from llava.eval.runner import add_run_arguments, main_with_errors
 from llava.mm_utils import BadInputError
 from llava.model.builder import get_model_name_from_path
 from videollava.data.video_io import VideoReadError
@@ -76,22 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-hidden-act", choices=["gelu", "quick_gelu"], default=None,
                    help="override the towers' activation (the -hf port's config falls back to quick_gelu; "
                         "LanguageBind uses gelu)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    p.add_argument("--top_p", type=float, default=None)
-    p.add_argument("--num_beams", type=int, default=1)
-    p.add_argument("--max_new_tokens", type=int, default=MAX_NEW_TOKENS_LONG)
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and random methods")
-    p.add_argument("--batch-size", type=int, default=1, help="videos per generate() call (left padding)")
-    p.add_argument("--num-workers", type=int, default=2, help="video-decoding worker processes")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU) | float16 | bfloat16 | float32")
-    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "flash_attention_2", "eager"])
-    p.add_argument("--overwrite", action="store_true", help="start a fresh answers file instead of resuming")
-    p.add_argument("--skip-bad-inputs", action="store_true",
-                   help="record missing or unreadable videos in the answers (error field) and go on")
-    p.add_argument("--retry-errors", action="store_true", help="rerun questions recorded with an error")
-    p.add_argument("--save-kept-tokens", action="store_true", help="record each frame's kept_indices in metadata")
-    add_method_arguments(p)
+    add_run_arguments(p, MAX_NEW_TOKENS_LONG, "video")
     video = p.add_argument_group("video compression")
     video.add_argument("--budget-mode", choices=["per-frame", "global"], default=None,
                        help="per-frame (default): the method's budget per frame; global: the same total over the "

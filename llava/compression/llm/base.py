@@ -186,6 +186,17 @@ def positions_option(default: str) -> Any:
     )
 
 
+def budget_option() -> Any:
+    """The shared ``--visual-token-num`` field of the in-LLM methods (``None``: the method's own default)."""
+    return option(
+        None,
+        "--visual-token-num",
+        "visual tokens kept (pre-LLM methods: given to the LLM; fastv/dart: kept from the pruning layer on; "
+        "pdrop: layer-averaged target; sparsevlm: budget preset)",
+        type=int,
+    )
+
+
 def check_positions(value: Any) -> str:
     return check_choice("--llm-positions", value, POSITION_MODES)
 

@@ -21,6 +21,7 @@ from llava.compression.llm.base import (
     LLMPruningMethod,
     PruneStep,
     RowSelection,
+    budget_option,
     check_layers,
     check_positions,
     positions_option,
@@ -45,13 +46,7 @@ class DARTConfig(LLMPruningMethod):
     name: ClassVar[str] = "dart"
 
     dart_k: int = option(2, "--dart-k", "DART: drop visual tokens before this decoder layer (0-based, >= 1)")
-    visual_token_num: int | None = option(
-        None,
-        "--visual-token-num",
-        "visual tokens kept (pre-LLM methods: given to the LLM; fastv/dart: kept from the pruning layer on; "
-        "pdrop: layer-averaged target; sparsevlm: budget preset)",
-        type=int,
-    )
+    visual_token_num: int | None = budget_option()
     dart_pivot_image: int = option(
         4, "--dart-pivot-image", "DART: pivot visual tokens p (largest key L1 norm)"
     )

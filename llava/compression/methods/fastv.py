@@ -20,6 +20,7 @@ from llava.compression.llm.base import (
     LLMPruningMethod,
     PruneStep,
     RowSelection,
+    budget_option,
     check_layers,
     check_positions,
     positions_option,
@@ -48,13 +49,7 @@ class FastVConfig(LLMPruningMethod):
     fastv_r: float | None = option(
         None, "--fastv-r", "FastV: fraction of visual tokens dropped (default 0.5)", type=float
     )
-    visual_token_num: int | None = option(
-        None,
-        "--visual-token-num",
-        "visual tokens kept (pre-LLM methods: given to the LLM; fastv/dart: kept from the pruning layer on; "
-        "pdrop: layer-averaged target; sparsevlm: budget preset)",
-        type=int,
-    )
+    visual_token_num: int | None = budget_option()
     llm_positions: str = positions_option("original")
 
     def __post_init__(self) -> None:

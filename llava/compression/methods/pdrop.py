@@ -23,6 +23,7 @@ from llava.compression.llm.base import (
     LLMPruningMethod,
     PruneStep,
     RowSelection,
+    budget_option,
     check_layers,
     check_positions,
     parse_int_list,
@@ -57,13 +58,7 @@ class PDropConfig(LLMPruningMethod):
     pdrop_lambda: float | None = option(
         None, "--pdrop-lambda", "PyramidDrop: ratio kept per stage (default 0.5)", type=float
     )
-    visual_token_num: int | None = option(
-        None,
-        "--visual-token-num",
-        "visual tokens kept (pre-LLM methods: given to the LLM; fastv/dart: kept from the pruning layer on; "
-        "pdrop: layer-averaged target; sparsevlm: budget preset)",
-        type=int,
-    )
+    visual_token_num: int | None = budget_option()
     llm_positions: str = positions_option("compact")
 
     def __post_init__(self) -> None:

@@ -35,6 +35,7 @@ from llava.compression.llm.base import (
     LLMPruningMethod,
     PruneStep,
     RowSelection,
+    budget_option,
     check_layers,
     check_positions,
     parse_int_list,
@@ -73,13 +74,7 @@ class SparseVLMConfig(LLMPruningMethod):
         "SparseVLM: visual tokens kept at each pruning layer (default: the --visual-token-num preset)",
         type=str,
     )
-    visual_token_num: int | None = option(
-        None,
-        "--visual-token-num",
-        "visual tokens kept (pre-LLM methods: given to the LLM; fastv/dart: kept from the pruning layer on; "
-        "pdrop: layer-averaged target; sparsevlm: budget preset)",
-        type=int,
-    )
+    visual_token_num: int | None = budget_option()
     sparsevlm_recycle: bool = option(
         True, "--sparsevlm-recycle", "SparseVLM: recycle pruned tokens (DPC-kNN merge)"
     )
