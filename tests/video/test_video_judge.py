@@ -21,6 +21,7 @@ from videollava.eval.judge import (  # noqa: E402
     cache_filename,
     parse_judgement,
 )
+from videollava.eval.judge_prompt import builtin_prompt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-test-not-a-real-key"
@@ -186,22 +187,30 @@ def test_success_and_output_format(tmp_path, fake_judge):
     s = out["summary"]
     assert (s["num_items"], s["yes"], s["no"], s["failed"], s["missing"]) == (3, 3, 0, 0, 0)
     assert s["accuracy"] == 1.0 and s["average_score"] == 5.0 and s["judge_model"] == "judge-1"
+    builtin_sha = builtin_prompt().sha256
     assert out["judge"] == {
         "judge_model": "judge-1",
-        "prompt_version": PROMPT_VERSION,
+        "judge_mode": "upstream",
+        "prompt_sha256": builtin_sha,
+        "prompt_source": f"builtin:{PROMPT_VERSION}",
         "temperature": None,
         "api_base": api_base,
     }
+    assert s["judge_mode"] == "upstream" and s["prompt_sha256"] == builtin_sha
     assert out["results"]["v_0"] == {
         "judgement": "yes",
         "score": 5,
+        "reply": "{'pred': 'yes', 'score': 5}",
         "question": "q0",
         "answer": "a",
         "prediction": "p",
+        "judge_mode": "upstream",
+        "prompt_sha256": builtin_sha,
     }
     entry = json.loads((tmp_path / "judge" / "v_0.json").read_text())
     assert entry["status"] == "ok" and entry["judgement"] == {"pred": "yes", "score": 5}
-    assert entry["judge_model"] == "judge-1" and entry["prompt_version"] == PROMPT_VERSION
+    assert entry["judge_model"] == "judge-1" and entry["judge_mode"] == "upstream"
+    assert entry["prompt_sha256"] == builtin_sha
     assert entry["qa"] == {"question": "q0", "answer": "a", "pred": "p"} and entry["attempts"] == 1
     assert KEY not in (tmp_path / "out" / "results.json").read_text()
 

@@ -4,7 +4,32 @@ Usage::
 
     python -m videollava.eval.eval_video_qa --pred-path PRED.jsonl --output-dir DIR \\
         --output-json OUT.json --api-base URL --judge-model MODEL \\
+        [--judge-mode upstream|strict] [--judge-prompt PROMPT.json] \\
         [--api-key-env OPENAI_API_KEY] [--num-workers 8] [--max-retries 5]
+
+Judge modes (details in :mod:`videollava.eval.judge`):
+
+``--judge-mode upstream`` (default, and what ``scripts/video/eval/eval_qa_*.sh`` run)
+    Parsing and averaging exactly as the Video-ChatGPT / Video-LLaVA script that produced the
+    published numbers: a reply counts when ``ast.literal_eval`` accepts it; its score is
+    ``int(score)`` (4.8 -> 4, '2' -> 2); its verdict is yes when ``'yes' in pred.lower()``, else no
+    when ``'no' in pred.lower()``; ``average_score`` divides by every judged item (including those
+    whose score or verdict could not be read). Unlike upstream, a reply that never parses stops being
+    retried at ``--max-retries`` and is recorded as failed (upstream loops forever).
+``--judge-mode strict``
+    Only ``{'pred': 'yes'|'no', 'score': integer 0..5}`` is accepted (anything else is retried, then
+    recorded as failed) and ``average_score`` is over the yes/no items.
+
+``--judge-prompt FILE`` replaces the built-in prompt (a restatement of the Video-ChatGPT prompt, not
+its exact text) with a template file, e.g. the exact prompt of the paper you compare with; format in
+:mod:`videollava.eval.judge_prompt`. The prompt's SHA-256 and the judge mode are recorded in every
+cache entry, in every result and in the summary; a cache made under another prompt or mode is refused.
+
+Robustness: a ``Retry-After`` from the server is honoured (up to ``--max-retry-after`` seconds; a
+longer one ends that item's retries); after ``--max-consecutive-failures`` failed requests in a row
+the run stops (endpoint down) and a rerun resumes; a second judge on the same ``--output-dir`` exits
+at once naming the first (lock file ``<output-dir>.lock``); the exit status is 1 when no item was
+judged.
 
 Any OpenAI-compatible ``/chat/completions`` endpoint works (``--api-base`` is the URL up to and
 including ``/v1``). The key is read from the environment variable named by ``--api-key-env``
@@ -38,15 +63,18 @@ Outputs
 -------
 * ``--output-dir``: the per-item judge cache, one ``<id>.json`` per item (format in
   :mod:`videollava.eval.judge`). A rerun sends only items without a valid entry; items judged ``ok``
-  are never sent again. Entries from another judge model / prompt version / temperature, or for
+  are never sent again. Entries from another judge model / judge mode / prompt / temperature, or for
   different prediction text, stop the run unless ``--overwrite-stale`` is given.
-* ``--output-json``: ``{"summary": ..., "judge": {judge_model, prompt_version, temperature,
-  api_base}, "pred_path", "output_dir", "created", "run": {cache statistics}, "results": {id:
-  {"judgement": "yes"|"no", "score": int, "question", "answer", "prediction"}}, "failures": {id:
-  {"error", "reply", "attempts"}}, "skipped": {id: error}}``. ``summary`` has ``accuracy = yes / (yes + no)``,
-  ``average_score`` (mean integer score over the yes/no items), the counts ``yes``, ``no``,
-  ``failed`` (judge never gave a valid reply within the retry cap), ``missing`` and
-  ``skipped_inputs``, and the paper formats ``accuracy_pct`` / ``average_score_2dp``.
+* ``--output-json``: ``{"summary": ..., "judge": {judge_model, judge_mode, prompt_sha256,
+  prompt_source, temperature, api_base}, "pred_path", "output_dir", "created", "run": {cache
+  statistics}, "results": {id: {"judgement": "yes"|"no"|null, "score": int|null, "reply",
+  "question", "answer", "prediction", "judge_mode", "prompt_sha256"}}, "failures": {id: {"error",
+  "reply", "attempts"}}, "skipped": {id: error}}`` (``null`` verdicts and scores occur in upstream
+  mode only). ``summary`` has ``accuracy = yes / (yes + no)``, ``average_score = score_sum /
+  score_denominator`` (see the modes above), the counts ``judged``, ``yes``, ``no``, ``no_verdict``,
+  ``unscored``, ``failed`` (judge never gave an accepted reply within the retry cap), ``missing`` and
+  ``skipped_inputs``, the paper formats ``accuracy_pct`` / ``average_score_2dp``, and
+  ``judge_model``, ``judge_mode`` and ``prompt_sha256``.
 """
 
 from __future__ import annotations
@@ -60,8 +88,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from llava.eval.filelock import FileLockedError, exclusive_lock
 from videollava.eval.judge import (
-    PROMPT_VERSION,
+    DEFAULT_JUDGE_MODE,
+    JUDGE_MODES,
+    EndpointDownError,
     JudgeCache,
     JudgeConfig,
     JudgeFatalError,
@@ -72,6 +103,7 @@ from videollava.eval.judge import (
     make_openai_complete,
     summarize,
 )
+from videollava.eval.judge_prompt import PromptTemplateError, builtin_prompt, load_prompt_template
 
 logger = logging.getLogger("videollava.eval.eval_video_qa")
 
@@ -164,9 +196,10 @@ def build_output(
     output_dir: str,
     run_stats: dict[str, int],
 ) -> dict[str, Any]:
-    summary = summarize(records, entries)
+    summary = summarize(records, entries, config.judge_mode)
     summary["skipped_inputs"] = len(skipped)
     summary["judge_model"] = config.judge_model
+    summary["prompt_sha256"] = config.prompt_sha256
     results: dict[str, Any] = {}
     failures: dict[str, Any] = {}
     for record in records:
@@ -178,9 +211,12 @@ def build_output(
             results[key] = {
                 "judgement": entry["judgement"]["pred"],
                 "score": entry["judgement"]["score"],
+                "reply": entry["reply"],
                 "question": record.question,
                 "answer": record.answer,
                 "prediction": record.pred,
+                "judge_mode": entry["judge_mode"],
+                "prompt_sha256": entry["prompt_sha256"],
             }
         else:
             failures[key] = {"error": entry["error"], "reply": entry["reply"], "attempts": entry["attempts"]}
@@ -188,7 +224,9 @@ def build_output(
         "summary": summary,
         "judge": {
             "judge_model": config.judge_model,
-            "prompt_version": config.prompt_version,
+            "judge_mode": config.judge_mode,
+            "prompt_sha256": config.prompt_sha256,
+            "prompt_source": config.prompt.source,
             "temperature": config.temperature,
             "api_base": api_base,
         },
@@ -218,6 +256,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="judge model name; prefer a pinned snapshot (e.g. gpt-3.5-turbo-0125)",
     )
     p.add_argument(
+        "--judge-mode",
+        "--judge_mode",
+        choices=JUDGE_MODES,
+        default=DEFAULT_JUDGE_MODE,
+        help="upstream (default): parse and average exactly as the Video-ChatGPT script behind the "
+        "published numbers (literal_eval, int(score), 'yes' in pred, score averaged over every judged "
+        "item); strict: only {'pred': 'yes'|'no', 'score': int 0..5}, averaged over the yes/no items",
+    )
+    p.add_argument(
+        "--judge-prompt",
+        "--judge_prompt",
+        metavar="FILE",
+        default=None,
+        help='prompt template JSON {"system": ..., "user": ...} with the fields {question}, {answer}, '
+        "{pred} (str.format syntax), e.g. the exact prompt of the paper you compare with; default: the "
+        "built-in restatement of the Video-ChatGPT prompt",
+    )
+    p.add_argument(
         "--api-key-env",
         default="OPENAI_API_KEY",
         help="environment variable that holds the API key (default: OPENAI_API_KEY)",
@@ -233,6 +289,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--backoff-base", type=float, default=1.0, help="seconds before the first retry; doubles per retry"
     )
     p.add_argument("--backoff-max", type=float, default=60.0, help="cap on one backoff delay (seconds)")
+    p.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=120.0,
+        help="longest server Retry-After honoured (seconds); a longer one ends that item's retries",
+    )
+    p.add_argument(
+        "--max-consecutive-failures",
+        type=int,
+        default=20,
+        help="stop the run after this many failed requests in a row (endpoint down; a rerun resumes); "
+        "0: never stop",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (seconds)")
     p.add_argument(
         "--temperature",
@@ -255,8 +324,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--num-workers must be >= 1")
     if args.max_retries < 0:
         p.error("--max-retries must be >= 0")
-    if args.backoff_base < 0 or args.backoff_max < 0:
-        p.error("backoff times must be >= 0")
+    if args.backoff_base < 0 or args.backoff_max < 0 or args.max_retry_after < 0:
+        p.error("backoff and Retry-After times must be >= 0")
+    if args.max_consecutive_failures < 0:
+        p.error("--max-consecutive-failures must be >= 0")
     return args
 
 
@@ -282,12 +353,40 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         logger.warning("%d input(s) were skipped by the inference step and are not judged", len(skipped))
 
+    try:
+        prompt = builtin_prompt() if args.judge_prompt is None else load_prompt_template(args.judge_prompt)
+    except PromptTemplateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
     config = JudgeConfig(
-        judge_model=args.judge_model, prompt_version=PROMPT_VERSION, temperature=args.temperature
+        judge_model=args.judge_model,
+        judge_mode=args.judge_mode,
+        prompt=prompt,
+        temperature=args.temperature,
     )
+    try:
+        with exclusive_lock(str(Path(args.output_dir)), "judge cache directory"):
+            return _judge_and_report(args, api_key, records, skipped, config)
+    except FileLockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _judge_and_report(
+    args: argparse.Namespace,
+    api_key: str,
+    records: list[QARecord],
+    skipped: dict[str, str],
+    config: JudgeConfig,
+) -> int:
+    """Judge what the cache lacks, write ``--output-json`` and print the summary; the exit status."""
     cache = JudgeCache(args.output_dir, config)
     policy = RetryPolicy(
-        max_retries=args.max_retries, backoff_base=args.backoff_base, backoff_max=args.backoff_max
+        max_retries=args.max_retries,
+        backoff_base=args.backoff_base,
+        backoff_max=args.backoff_max,
+        retry_after_max=args.max_retry_after,
     )
     try:
         complete = make_openai_complete(
@@ -307,7 +406,11 @@ def main(argv: list[str] | None = None) -> int:
             retry_failed=not args.keep_failed,
             overwrite_stale=args.overwrite_stale,
             progress=not args.no_progress,
+            max_consecutive_failures=args.max_consecutive_failures or None,
         )
+    except EndpointDownError as e:
+        print(f"error: {e} (cache: {args.output_dir})", file=sys.stderr)
+        return 1
     except (JudgeFatalError, StaleCacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -330,19 +433,40 @@ def main(argv: list[str] | None = None) -> int:
     s = output["summary"]
     acc = "n/a" if s["accuracy_pct"] is None else f"{s['accuracy_pct']:.2f}"
     score = "n/a" if s["average_score_2dp"] is None else f"{s['average_score_2dp']:.2f}"
-    print(f"judge: {config.judge_model} (prompt {config.prompt_version})")
     print(
-        f"items: {s['num_items']}  yes: {s['yes']}  no: {s['no']}  failed: {s['failed']}  "
-        f"skipped inputs: {s['skipped_inputs']}"
+        f"judge: {config.judge_model} (mode {config.judge_mode}, prompt {config.prompt.source} "
+        f"sha256 {config.prompt_sha256[:12]})"
+    )
+    print(
+        f"items: {s['num_items']}  judged: {s['judged']}  yes: {s['yes']}  no: {s['no']}  "
+        f"failed: {s['failed']}  skipped inputs: {s['skipped_inputs']}"
     )
     print(f"Accuracy: {acc}  Average score: {score}")
     print(f"results: {out_path}")
+    if s["judged"] == 0:
+        if s["num_items"] == 0:
+            why = f"the prediction file {args.pred_path} has no items to judge"
+        else:
+            why = (
+                f"{s['failed']} of {s['num_items']} item(s) failed (no accepted reply within the retry "
+                f"cap; see 'failures' in {out_path}) and {s['missing']} are missing; fix the endpoint "
+                f"or the prompt and rerun (failed items are retried)"
+            )
+        print(f"error: nothing was judged: {why}", file=sys.stderr)
+        return 1
     if s["failed"]:
         logger.warning(
-            "%d item(s) have no valid judgement within the retry cap; they are excluded "
+            "%d item(s) have no accepted judgement within the retry cap; they are excluded "
             "from accuracy and score (see 'failures' in %s)",
             s["failed"],
             out_path,
+        )
+    if s["no_verdict"] or s["unscored"]:
+        logger.warning(
+            "%d judged item(s) have no yes/no verdict and %d no readable score; as upstream, they "
+            "are in the score denominator and not in accuracy",
+            s["no_verdict"],
+            s["unscored"],
         )
     return 0
 

@@ -3,45 +3,65 @@
 The command-line entry point and the prediction-file format are documented in
 :mod:`videollava.eval.eval_video_qa`. This module holds the pieces:
 
-* :func:`build_messages` - the judge prompt (``PROMPT_VERSION``), restated from the Video-ChatGPT
-  zero-shot QA evaluation: the judge compares the predicted answer with the correct one for a
-  meaningful match (synonyms and paraphrases count) and replies with only a Python dict string
-  ``{'pred': 'yes'|'no', 'score': <int 0..5>}``.
-* :func:`parse_judgement` / :func:`validate_judgement` - strict parsing of that reply.
+* :func:`build_messages` - the judge prompt (:mod:`videollava.eval.judge_prompt`: the built-in
+  restatement of the Video-ChatGPT zero-shot QA prompt, or a template file), identified by its SHA-256.
+* Two ways to read a reply (the *judge mode*), chosen with :func:`judge_reply`:
+
+  ``upstream`` (the default; what produced the published numbers)
+      Exactly as the Video-ChatGPT / Video-LLaVA ``eval_video_qa.py``: a reply is accepted when
+      ``ast.literal_eval`` of its content succeeds (anything else is retried; upstream retries
+      forever, we stop at the retry cap and record the item as failed). The accepted value is then
+      scored as upstream's aggregation does, see :func:`upstream_judgement`: ``int(value['score'])``
+      (4.8 -> 4, '2' -> 2; a score that fails there scores nothing and gives no verdict),
+      ``'yes' in value['pred'].lower()`` -> yes, else ``'no' in ...`` -> no, else no verdict.
+  ``strict``
+      :func:`parse_judgement`: only ``{'pred': 'yes'|'no', 'score': int 0..5}`` (with small
+      allowances) is accepted; anything else is retried, then recorded as failed.
+
 * :class:`JudgeCache` - one JSON file per item in the output directory (format below).
-* :func:`judge_predictions` - concurrent judging (thread pool) with retries, exponential backoff and
-  a cap; only items without a valid cache entry are sent.
-* :func:`summarize` - accuracy = yes / (yes + no), average score over judged items.
+* :func:`judge_predictions` - concurrent judging (thread pool) with retries, exponential backoff
+  (at least the server's ``Retry-After``) and a cap; it stops the run after a streak of failed
+  requests (endpoint down). Only items without a valid cache entry are sent.
+* :func:`summarize` - the counts and the two metrics under the run's judge mode.
 
 Cache entry ``<output_dir>/<id>.json`` (``<id>`` made filesystem-safe; the entry's ``id`` field is
 authoritative)::
 
-    {"cache_format": 1, "id": <question id as in the prediction file>,
-     "judge_model": "...", "prompt_version": "...", "temperature": null | float,
+    {"cache_format": 2, "id": <question id as in the prediction file>,
+     "judge_model": "...", "judge_mode": "upstream" | "strict",
+     "prompt_sha256": "<hex>", "prompt_source": "builtin:<version>" | "<template file path>",
+     "temperature": null | float,
      "qa": {"question": "...", "answer": "...", "pred": "..."},
      "status": "ok" | "failed",
-     "judgement": {"pred": "yes"|"no", "score": int} | null,
+     "judgement": {"pred": "yes"|"no", "score": int} | null          (strict)
+                  {"pred": "yes"|"no"|null, "score": int|null} | null (upstream)
      "reply": "<last raw reply text>" | null, "error": "<why it failed>" | null,
      "attempts": int, "time": "<UTC ISO 8601>"}
 
-An entry is reused only when its judge model, prompt version, temperature and ``qa`` all equal the
-current ones; any other entry for the same id is *stale*. Stale entries stop the run (use a fresh
-output directory, or allow re-judging them) rather than being mixed into the results. Entries whose
-id is not in the prediction file are *foreign*: they are ignored and counted. ``failed`` entries
-are retried on the next run unless asked otherwise; ``ok`` entries are never re-sent.
+An entry is reused only when its judge model, judge mode, prompt hash, temperature and ``qa`` all
+equal the current ones, and its stored judgement is what its reply gives under its mode; any other
+entry for the same id is *stale*. Stale entries stop the run (use a fresh output directory, rerun
+with the settings that made them, or allow re-judging them) rather than being mixed into the
+results. Format-1 entries (written before judge modes existed) were strict-mode judgements under the
+built-in prompt and are read as such. Entries whose id is not in the prediction file are *foreign*:
+they are ignored and counted. ``failed`` entries are retried on the next run unless asked otherwise;
+``ok`` entries are never re-sent.
 """
 
 from __future__ import annotations
 
 import ast
+import email.utils
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -49,42 +69,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from videollava.eval.judge_prompt import (  # noqa: F401 - PROMPT_VERSION etc. re-exported
+    PROMPT_VERSION,
+    SYSTEM_PROMPT,
+    USER_TEMPLATE,
+    PromptTemplate,
+    builtin_prompt,
+    template_sha256,
+)
+
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
-PROMPT_VERSION = "videochatgpt-zeroshot-qa/restated-v1"
+CACHE_FORMAT = 2
 MIN_SCORE, MAX_SCORE = 0, 5
 
-SYSTEM_PROMPT = (
-    "You are an intelligent evaluator of question-answer pairs produced by a generative model. "
-    "Your job is to compare the predicted answer with the correct answer and decide whether they "
-    "match in meaning.\n"
-    "INSTRUCTIONS:\n"
-    "- Focus on whether the predicted answer matches the correct answer in meaning.\n"
-    "- Treat synonyms and paraphrases as valid matches.\n"
-    "- Judge how correct the prediction is with respect to the correct answer."
-)
-
-USER_TEMPLATE = (
-    "Please evaluate the following video-based question-answer pair:\n\n"
-    "Question: {question}\n"
-    "Correct Answer: {answer}\n"
-    "Predicted Answer: {pred}\n\n"
-    "Give your evaluation only as a yes/no judgement and a score, where the score is an INTEGER "
-    "from 0 to 5 and 5 means the highest meaningful match. "
-    "Reply with a Python dictionary string with the keys 'pred' and 'score': the value of 'pred' is "
-    "the string 'yes' or 'no', and the value of 'score' is an INTEGER, not a string. "
-    "DO NOT PROVIDE ANY OTHER TEXT OR EXPLANATION. Only give the Python dictionary string. "
-    "For example, your reply should look like this: {{'pred': 'yes', 'score': 4}}."
-)
+JUDGE_MODES = ("upstream", "strict")
+DEFAULT_JUDGE_MODE = "upstream"
 
 
-def build_messages(question: str, answer: str, pred: str) -> list[dict[str, str]]:
-    """Chat messages for one item (system + user)."""
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": USER_TEMPLATE.format(question=question, answer=answer, pred=pred)},
-    ]
+def build_messages(
+    question: str, answer: str, pred: str, prompt: PromptTemplate | None = None
+) -> list[dict[str, str]]:
+    """Chat messages for one item (system + user) under ``prompt`` (default: the built-in one)."""
+    return (prompt or builtin_prompt()).messages(question, answer, pred)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,6 +150,52 @@ def validate_judgement(value: Any) -> dict[str, Any]:
     return {"pred": pred.strip().lower(), "score": score}
 
 
+def judge_reply(reply: str | None, mode: str) -> dict[str, Any]:
+    """The judgement of one reply under ``mode`` (see the module docstring); raises
+    :class:`MalformedReplyError` for a reply that mode does not accept (it is retried)."""
+    if mode == "strict":
+        return parse_judgement(reply)
+    if mode == "upstream":
+        return upstream_judgement(parse_upstream_reply(reply))
+    raise ValueError(f"unknown judge mode {mode!r} (one of {JUDGE_MODES})")
+
+
+def parse_upstream_reply(reply: str | None) -> Any:
+    """Upstream's acceptance test: ``ast.literal_eval`` of the reply content, nothing else (no
+    stripping of code fences, no key checks). Returns the value as upstream stores it: through a JSON
+    file (tuples become lists). A literal JSON cannot hold (a set, bytes) is rejected: upstream would
+    leave a truncated cache file there that breaks its final aggregation."""
+    try:
+        value = ast.literal_eval(reply)  # type: ignore[arg-type]  # None fails here, as upstream
+    except Exception as e:  # upstream: any exception -> nothing written -> retried
+        raise MalformedReplyError(f"ast.literal_eval failed: {type(e).__name__}: {e}") from e
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as e:
+        raise MalformedReplyError(f"the literal cannot be stored as JSON ({e})") from e
+
+
+def upstream_judgement(value: Any) -> dict[str, Any]:
+    """How upstream's aggregation loop reads one stored reply value.
+
+    Upstream, per item: ``count += 1``; ``score_sum += int(value['score'])``; then ``yes`` when
+    ``'yes' in value['pred'].lower()``, else ``no`` when ``'no' in ...``; an exception anywhere is
+    printed and the rest of that item skipped (it stays in ``count``). So ``score`` is the int added to
+    the score sum, or None when that step raised (then there is no verdict either), and ``pred`` is
+    the verdict or None.
+    """
+    try:
+        score = int(value["score"])
+    except Exception:
+        return {"pred": None, "score": None}
+    try:
+        text = value["pred"].lower()
+        verdict = "yes" if "yes" in text else "no" if "no" in text else None
+    except Exception:
+        verdict = None
+    return {"pred": verdict, "score": score}
+
+
 # --------------------------------------------------------------------------------------------------
 # Prediction records
 
@@ -169,8 +222,45 @@ class JudgeConfig:
     """What makes two judgements comparable; stored in every cache entry."""
 
     judge_model: str
-    prompt_version: str = PROMPT_VERSION
+    judge_mode: str = DEFAULT_JUDGE_MODE
+    prompt: PromptTemplate = field(default_factory=builtin_prompt)
     temperature: float | None = None
+
+    def __post_init__(self):
+        if self.judge_mode not in JUDGE_MODES:
+            raise ValueError(f"unknown judge mode {self.judge_mode!r} (one of {JUDGE_MODES})")
+
+    @property
+    def prompt_sha256(self) -> str:
+        return self.prompt.sha256
+
+    def identity(self) -> dict[str, Any]:
+        """The fields a cache entry must share with this config to be reused."""
+        return {
+            "judge_model": self.judge_model,
+            "judge_mode": self.judge_mode,
+            "prompt_sha256": self.prompt_sha256,
+            "temperature": self.temperature,
+        }
+
+
+# Cache entries written before judge modes existed: strict parsing under the built-in prompt.
+_FORMAT_1_PROMPT_SHA256 = template_sha256(SYSTEM_PROMPT, USER_TEMPLATE)
+
+
+def upgrade_entry(entry: dict) -> dict:
+    """A format-1 entry made under the built-in prompt, read as the format-2 entry it stands for;
+    other entries unchanged."""
+    if entry.get("cache_format") == 1 and entry.get("prompt_version") == PROMPT_VERSION:
+        upgraded = {k: v for k, v in entry.items() if k != "prompt_version"}
+        upgraded.update(
+            cache_format=CACHE_FORMAT,
+            judge_mode="strict",
+            prompt_sha256=_FORMAT_1_PROMPT_SHA256,
+            prompt_source=f"builtin:{PROMPT_VERSION}",
+        )
+        return upgraded
+    return entry
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
@@ -218,9 +308,8 @@ class JudgeCache:
         return {
             "cache_format": CACHE_FORMAT,
             "id": record.id,
-            "judge_model": self.config.judge_model,
-            "prompt_version": self.config.prompt_version,
-            "temperature": self.config.temperature,
+            **self.config.identity(),
+            "prompt_source": self.config.prompt.source,
             "qa": record.qa(),
             "status": "ok" if judgement is not None else "failed",
             "judgement": judgement,
@@ -247,18 +336,19 @@ class JudgeCache:
         """Why ``entry`` cannot stand for ``record`` under the current config, or None."""
         if entry.get("cache_format") != CACHE_FORMAT:
             return f"cache format {entry.get('cache_format')!r} != {CACHE_FORMAT}"
-        for key in ("judge_model", "prompt_version", "temperature"):
-            if entry.get(key) != getattr(self.config, key):
-                return f"{key} {entry.get(key)!r} != {getattr(self.config, key)!r}"
+        for key, value in self.config.identity().items():
+            if entry.get(key) != value:
+                return f"{key} {entry.get(key)!r} != {value!r}"
         if entry.get("qa") != record.qa():
             return "question/answer/prediction text differs from the prediction file"
         status = entry.get("status")
         if status == "ok":
             try:
-                if validate_judgement(entry.get("judgement")) != entry.get("judgement"):
-                    return "stored judgement is not normalised"
+                expected = judge_reply(entry.get("reply"), self.config.judge_mode)
             except MalformedReplyError as e:
-                return f"stored judgement is invalid ({e})"
+                return f"stored reply is not accepted under judge mode {self.config.judge_mode!r} ({e})"
+            if entry.get("judgement") != expected:
+                return "stored judgement is not what its reply gives"
         elif status != "failed":
             return f"unknown status {status!r}"
         return None
@@ -274,6 +364,7 @@ class JudgeCache:
                     entry = json.load(f)
                 if not isinstance(entry, dict) or "id" not in entry:
                     raise ValueError("not a cache entry")
+                entry = upgrade_entry(entry)
             except (OSError, ValueError, UnicodeDecodeError):
                 result.unreadable.append(path.name)
                 continue
@@ -298,6 +389,10 @@ class JudgeFatalError(RuntimeError):
     """An error that would fail every item (bad key, unknown model, unreachable endpoint config)."""
 
 
+class EndpointDownError(JudgeFatalError):
+    """Too many requests in a row failed: the endpoint looks down, so the run stops (a rerun resumes)."""
+
+
 class StaleCacheError(ValueError):
     """The cache directory holds entries made under another judge config or for other predictions."""
 
@@ -306,16 +401,83 @@ class _NoRetry(Exception):
     """An item-level error that retrying cannot fix (e.g. HTTP 400 for this input)."""
 
 
+class TransientRequestError(Exception):
+    """A request failed in a way a retry may fix (429, 5xx, ...); ``retry_after`` is the wait in
+    seconds the server asked for (``Retry-After`` / ``retry-after-ms``), or None."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from a response's headers (anything with a case-insensitive ``get``):
+    ``retry-after-ms`` (milliseconds, as OpenAI sends), else ``Retry-After`` as seconds or as an
+    HTTP date. None when absent or unreadable; never negative."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000.0
+            if math.isfinite(value):
+                return max(0.0, value)
+        except ValueError:
+            pass
+    text = headers.get("retry-after")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+        return max(0.0, value) if math.isfinite(value) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 @dataclass
 class RetryPolicy:
     max_retries: int = 5  # retries after the first attempt
     backoff_base: float = 1.0  # seconds before the first retry; doubles each time
     backoff_max: float = 60.0
     jitter: float = 0.1  # extra random fraction of the delay
+    retry_after_max: float = 120.0  # a longer Retry-After ends the item's retries instead
 
-    def delay(self, retry_index: int) -> float:
+    def delay(self, retry_index: int, retry_after: float | None = None) -> float:
+        """Seconds before retry number ``retry_index`` (0-based): the exponential backoff, or the
+        server's ``retry_after`` when that is longer."""
         d = min(self.backoff_max, self.backoff_base * (2**retry_index))
-        return d * (1.0 + random.uniform(0.0, self.jitter))
+        d *= 1.0 + random.uniform(0.0, self.jitter)
+        return d if retry_after is None else max(d, retry_after)
+
+
+class FailureStreak:
+    """Counts failed requests in a row across all workers; any reply resets it. At ``limit`` it
+    raises :class:`EndpointDownError` (``limit`` None or 0: never)."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def record_reply(self) -> None:
+        with self.lock:
+            self.count = 0
+
+    def record_failure(self, error: str) -> None:
+        with self.lock:
+            self.count += 1
+            if self.limit and self.count >= self.limit:
+                raise EndpointDownError(
+                    f"the judge endpoint looks down: {self.count} requests in a row failed (last: "
+                    f"{error}); stopped. Judged items are kept; rerun the same command to resume"
+                )
 
 
 # A completion function takes the chat messages and returns the reply text (may be None).
@@ -357,7 +519,8 @@ def make_openai_complete(
                     f"{api_base!r}): {e}"
                 ) from e
             if status in (408, 409, 429) or status >= 500:
-                raise  # transient: retried
+                headers = getattr(e.response, "headers", None)
+                raise TransientRequestError(f"HTTP {status}: {e}", parse_retry_after(headers)) from e
             raise _NoRetry(f"HTTP {status}: {e}") from e
         if not response.choices:
             return None
@@ -366,32 +529,57 @@ def make_openai_complete(
     return complete
 
 
+# pause(seconds) waits before a retry; True means the run was stopped meanwhile.
+PauseFn = Callable[[float], bool]
+
+
 def _judge_one(
-    record: QARecord, complete: CompleteFn, policy: RetryPolicy, stop: threading.Event
+    record: QARecord,
+    complete: CompleteFn,
+    config: JudgeConfig,
+    policy: RetryPolicy,
+    stop: threading.Event,
+    pause: PauseFn,
+    streak: FailureStreak,
 ) -> tuple[dict | None, str | None, str | None, int]:
     """Returns (judgement, last reply, error, attempts). Raises JudgeFatalError."""
-    messages = build_messages(record.question, record.answer, record.pred)
+    messages = config.prompt.messages(record.question, record.answer, record.pred)
     reply: str | None = None
     error: str | None = None
     attempts = 0
+    retry_after: float | None = None
     for attempt in range(policy.max_retries + 1):
         if stop.is_set():
             return None, reply, error or "run aborted", attempts
-        if attempt and stop.wait(policy.delay(attempt - 1)):
+        if attempt and pause(policy.delay(attempt - 1, retry_after)):
             return None, reply, error or "run aborted", attempts
         attempts += 1
+        retry_after = None
         try:
             reply = complete(messages)
-            return parse_judgement(reply), reply, None, attempts
         except JudgeFatalError:
             raise
-        except MalformedReplyError as e:
-            error = f"malformed reply: {e}"
         except _NoRetry as e:
+            streak.record_reply()
             return None, reply, f"request rejected: {e}", attempts
         except Exception as e:  # connection errors, timeouts, 429, 5xx: retried
             reply = None
             error = f"request failed: {type(e).__name__}: {e}"
+            streak.record_failure(error)  # raises EndpointDownError at the limit
+            retry_after = getattr(e, "retry_after", None)
+            if retry_after is not None and retry_after > policy.retry_after_max:
+                error += (
+                    f" (the server asked to wait {retry_after:g} s before retrying, more than "
+                    f"--max-retry-after {policy.retry_after_max:g} s; not retried)"
+                )
+                return None, reply, error, attempts
+            logger.debug("item %s attempt %d: %s", record.id, attempts, error)
+            continue
+        streak.record_reply()
+        try:
+            return judge_reply(reply, config.judge_mode), reply, None, attempts
+        except MalformedReplyError as e:
+            error = f"malformed reply: {e}"
         logger.debug("item %s attempt %d: %s", record.id, attempts, error)
     return None, reply, error, attempts
 
@@ -416,11 +604,16 @@ def judge_predictions(
     retry_failed: bool = True,
     overwrite_stale: bool = False,
     progress: bool = True,
+    max_consecutive_failures: int | None = 20,
+    sleep: Callable[[float], None] | None = None,
 ) -> tuple[dict[str, dict], JudgeRunStats]:
     """Judge every record not already judged in ``cache``; returns (entries by id string, stats).
 
-    Raises :class:`JudgeFatalError` on an error that would fail every item, and
-    :class:`StaleCacheError` when the cache holds stale entries and ``overwrite_stale`` is false.
+    The prompt and judge mode are ``cache.config``'s. Raises :class:`JudgeFatalError` on an error that
+    would fail every item (:class:`EndpointDownError` after ``max_consecutive_failures`` failed
+    requests in a row), and :class:`StaleCacheError` when the cache holds stale entries and
+    ``overwrite_stale`` is false. ``sleep`` replaces the wait between retries (tests); by default the
+    wait ends early when the run stops.
     """
     from tqdm.auto import tqdm
 
@@ -441,7 +634,8 @@ def judge_predictions(
         examples = "; ".join(f"{k}: {v}" for k, v in list(scan.stale.items())[:3])
         raise StaleCacheError(
             f"{len(scan.stale)} cache entries in {cache.directory} were made under another judge "
-            f"configuration or for other predictions ({examples}). Use a fresh --output-dir, or pass "
+            f"configuration (model, --judge-mode, --judge-prompt, temperature) or for other predictions "
+            f"({examples}). Rerun with the settings that made them, use a fresh --output-dir, or pass "
             f"--overwrite-stale to re-judge them."
         )
     stats.rejudged_stale = len(scan.stale)
@@ -464,10 +658,20 @@ def judge_predictions(
         return entries, stats
 
     stop = threading.Event()
+
+    def pause(seconds: float) -> bool:
+        if sleep is None:
+            return stop.wait(seconds)
+        sleep(seconds)
+        return stop.is_set()
+
+    streak = FailureStreak(max_consecutive_failures)
     bar = tqdm(total=len(todo), desc="judging", unit="item", disable=not progress)
     fatal: BaseException | None = None
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        futures = {pool.submit(_judge_one, r, complete, policy, stop): r for r in todo}
+        futures = {
+            pool.submit(_judge_one, r, complete, cache.config, policy, stop, pause, streak): r for r in todo
+        }
         pending = set(futures)
         try:
             while pending:
@@ -509,39 +713,60 @@ def judge_predictions(
 # Summary
 
 
-def summarize(records: list[QARecord], entries: dict[str, dict]) -> dict[str, Any]:
-    """Counts and metrics over ``records`` (the prediction file's items).
+def summarize(records: list[QARecord], entries: dict[str, dict], judge_mode: str) -> dict[str, Any]:
+    """Counts and metrics over ``records`` (the prediction file's items) under ``judge_mode``.
 
-    ``accuracy = yes / (yes + no)``; ``average_score = sum(score) / (yes + no)``. Failed and missing
-    items enter neither; they are counted separately. ``*_pct``/``*_2dp`` are the paper formats
-    (accuracy x 100 and score, two decimals).
+    ``judged`` counts the items with an accepted reply; ``failed`` and ``missing`` items (no accepted
+    reply within the retry cap / not in the cache) enter no metric and are counted separately.
+
+    * ``accuracy = yes / (yes + no)`` in both modes.
+    * ``average_score = score_sum / score_denominator``: over ``yes + no`` in strict mode (every
+      judged item has both), over every judged item in upstream mode (upstream's ``count``, which
+      includes the items whose score or verdict its aggregation could not read: ``unscored`` /
+      ``no_verdict``).
+
+    ``*_pct``/``*_2dp`` are the paper formats (accuracy x 100 and score, two decimals).
     """
-    yes = no = failed = missing = 0
+    if judge_mode not in JUDGE_MODES:
+        raise ValueError(f"unknown judge mode {judge_mode!r} (one of {JUDGE_MODES})")
+    yes = no = failed = missing = judged = unscored = no_verdict = 0
     score_sum = 0
     for record in records:
         entry = entries.get(str(record.id))
         if entry is None:
             missing += 1
         elif entry["status"] == "ok":
+            judged += 1
             judgement = entry["judgement"]
-            score_sum += judgement["score"]
+            if judgement["score"] is None:
+                unscored += 1
+            else:
+                score_sum += judgement["score"]
             if judgement["pred"] == "yes":
                 yes += 1
-            else:
+            elif judgement["pred"] == "no":
                 no += 1
+            else:
+                no_verdict += 1
         else:
             failed += 1
-    judged = yes + no
-    accuracy = yes / judged if judged else None
-    average_score = score_sum / judged if judged else None
+    accuracy_denominator = yes + no
+    score_denominator = judged if judge_mode == "upstream" else yes + no
+    accuracy = yes / accuracy_denominator if accuracy_denominator else None
+    average_score = score_sum / score_denominator if score_denominator else None
     return {
+        "judge_mode": judge_mode,
         "num_items": len(records),
         "judged": judged,
         "yes": yes,
         "no": no,
+        "no_verdict": no_verdict,
+        "unscored": unscored,
         "failed": failed,
         "missing": missing,
         "score_sum": score_sum,
+        "accuracy_denominator": accuracy_denominator,
+        "score_denominator": score_denominator,
         "accuracy": accuracy,
         "average_score": average_score,
         "accuracy_pct": None if accuracy is None else round(accuracy * 100, 2),
