@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("openai")
 
 from videollava.eval import eval_video_qa  # noqa: E402
-from videollava.eval.judge import judge_reply  # noqa: E402
 from videollava.eval.judge_prompt import (  # noqa: E402
     PROMPT_VERSION,
     SYSTEM_PROMPT,
@@ -89,6 +88,8 @@ def reference_upstream_aggregate(values: list) -> dict:
 
 
 def test_upstream_counts_float_and_string_scores():
+    from videollava.eval.judge import judge_reply
+
     assert judge_reply("{'pred': 'yes', 'score': 4.8}", "upstream") == {"pred": "yes", "score": 4}
     assert judge_reply("{'pred': 'no', 'score': '2'}", "upstream") == {"pred": "no", "score": 2}
 

@@ -542,7 +542,24 @@ def _judge_one(
     pause: PauseFn,
     streak: FailureStreak,
 ) -> tuple[dict | None, str | None, str | None, int]:
-    """Returns (judgement, last reply, error, attempts). Raises JudgeFatalError."""
+    """Returns (judgement, last reply, error, attempts). Raises JudgeFatalError, after setting
+    ``stop`` so that no worker starts another request."""
+    try:
+        return _judge_with_retries(record, complete, config, policy, stop, pause, streak)
+    except JudgeFatalError:
+        stop.set()
+        raise
+
+
+def _judge_with_retries(
+    record: QARecord,
+    complete: CompleteFn,
+    config: JudgeConfig,
+    policy: RetryPolicy,
+    stop: threading.Event,
+    pause: PauseFn,
+    streak: FailureStreak,
+) -> tuple[dict | None, str | None, str | None, int]:
     messages = config.prompt.messages(record.question, record.answer, record.pred)
     reply: str | None = None
     error: str | None = None
