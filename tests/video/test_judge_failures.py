@@ -222,10 +222,12 @@ def test_second_judge_on_the_same_output_exits_naming_the_holder(tmp_path, fake_
     write_preds(tmp_path / "preds.jsonl", 2)
     args = cli_args(tmp_path, api_base, "--num-workers", "1")
     second: list[int] = []
+    started = threading.Event()
     respond = judge.respond
 
     def respond_and_start_a_second_judge(body, auth):
-        if not second:  # while the first judge waits for its first reply
+        if not started.is_set():  # while the first judge waits for its first reply
+            started.set()
             second.append(eval_video_qa.main(args))
         return respond(body, auth)
 
