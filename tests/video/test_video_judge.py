@@ -379,9 +379,20 @@ def test_runner_script_layout(tmp_path, fake_judge):
     result = answers / "judge" / "org_judge_1" / "results.json"
     out = json.loads(result.read_text())
     assert out["summary"]["judge_model"] == "org/judge:1" and out["summary"]["yes"] == 2
+    assert out["summary"]["judge_mode"] == "upstream"  # the scripts' default: as the published numbers
     assert (answers / "judge" / "org_judge_1" / "results" / "v_0.json").is_file()
     assert "Accuracy: 100.00" in proc.stdout
     assert judge.models == ["org/judge:1"] * 2
+
+    # EXTRA_ARGS come last, so they can choose the strict mode (on a fresh judge directory).
+    strict_env = {**env, "EXTRA_ARGS": env["EXTRA_ARGS"] + " --judge-mode strict", "JUDGE_MODEL": "judge-2"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts/video/eval/eval_qa_msvd.sh"), "64"],
+        env=strict_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    strict_out = json.loads((answers / "judge" / "judge-2" / "results.json").read_text())
+    assert strict_out["summary"]["judge_mode"] == "strict"
 
     missing = subprocess.run(
         ["bash", str(REPO / "scripts/video/eval/eval_qa_tgif.sh"), "64"],

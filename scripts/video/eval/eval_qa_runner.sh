@@ -69,4 +69,5 @@ exec "$PYTHON" -m videollava.eval.eval_video_qa \
     --api-key-env OPENAI_API_KEY \
     --num-workers "$NUM_WORKERS" \
     --max-retries "$MAX_RETRIES" \
+    --judge-mode upstream \
     ${EXTRA_ARGS:-}
