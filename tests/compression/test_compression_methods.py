@@ -374,6 +374,68 @@ def test_divprune_matches_reference(space):
         torch.testing.assert_close(out.features[b], tokens[keep])
 
 
+def upstream_fp16_distances(tokens):
+    """DivPrune's ``pairwise_cosine_similarity`` as upstream writes it, on fp16 tensors (PyTorch's own fp16 ops)."""
+    h = tokens.detach().to(torch.float16)
+    unit = h / h.norm(dim=1, keepdim=True)
+    return 1.0 - torch.mm(unit, unit.t())
+
+
+def upstream_divprune_picks(distances, k):
+    """Upstream's loop, literally: first pick = argmax of each column's second-smallest entry (diagonal included),
+    then argmax over all columns of the minimum over the picked rows (first index on ties)."""
+    d = distances.float().tolist()
+    n = len(d)
+    second = [sorted(d[i][j] for i in range(n))[1] for j in range(n)]
+    picks = [max(range(n), key=lambda j: (second[j], -j))]
+    while len(picks) < k:
+        picks.append(max(range(n), key=lambda j: (min(d[s][j] for s in picks), -j)))
+    return picks
+
+
+@pytest.mark.parametrize("space", ["vision", "projected"])
+def test_divprune_fp16_matches_upstreams_half_precision_loop(space):
+    from llava.compression.selection import cosine_distance_fp16
+
+    sig = random_signals(seed=8)
+    cfg = make_config("divprune", GEOMETRY, visual_token_num=10, divprune_space=space, divprune_precision="fp16")
+    out = cfg.reduce(sig)
+    for b in range(2):
+        tokens = sig.project(sig.patches[b]).detach() if space == "projected" else sig.patches[b]
+        upstream = upstream_fp16_distances(tokens)
+        mine = cosine_distance_fp16(tokens)
+        assert mine.dtype == torch.float16 and torch.equal(mine, upstream)  # bit for bit
+        picks = upstream_divprune_picks(upstream, 10)
+        assert len(set(picks)) == 10  # no re-pick on this data
+        assert out.kept_indices[b].tolist() == sorted(picks)
+        torch.testing.assert_close(out.features[b], tokens[sorted(picks)])
+
+
+def test_divprune_fp16_picks_differ_from_fp32_on_near_ties():
+    def at(degrees, radius):
+        return [radius * math.cos(math.radians(degrees)), radius * math.sin(math.radians(degrees)), 0.0]
+
+    # token 0 is the most isolated (first pick in both); 1 and 2 lie 120 and 120.02 degrees away from it: distance
+    # 1.5 vs 1.50030 in fp32, both 1.5 in fp16 (spacing 0.00098 there), so fp16 takes the lower index
+    patches = torch.tensor([at(0, 2.0), at(120, 0.7), at(-120.02, 1.3), at(119, 1.0), at(-119, 3.0)])
+    sig = VisionSignals(
+        tokens=torch.cat([torch.ones(1, 3), patches])[None],
+        grid=(1, 5),
+        feature_layer=FEATURE_LAYER,
+        num_layers=LAYERS,
+        num_heads=1,
+    )
+    geometry = ModelGeometry(num_patches=5, grid=(1, 5), vision_layers=LAYERS, llm_layers=2)
+    kept = {
+        precision: make_config(
+            "divprune", geometry, visual_token_num=2, divprune_space="vision", divprune_precision=precision
+        ).reduce(sig).kept_indices[0].tolist()
+        for precision in ("fp32", "fp16")
+    }
+    assert kept == {"fp32": [0, 2], "fp16": [0, 1]}
+    assert make_config("divprune", geometry, visual_token_num=2).divprune_precision == "fp32"  # the default
+
+
 # -- random / pool --------------------------------------------------------------------------------------------------
 
 
