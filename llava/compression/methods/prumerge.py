@@ -183,6 +183,11 @@ class PruMergePlusConfig(PruMergeConfig):
                 "--prumerge-top-ratio"
             )
 
+    @property
+    def budget_is_approximate(self) -> bool:
+        """``--visual-token-num`` only steers the count (the VTC-CLS rule); the traces hold the real one."""
+        return self.visual_token_num is not None and self.prumerge_budget_rule == "vtc-cls"
+
     def _top_and_uniform(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
         n = scores.shape[-1]
         if self.prumerge_budget_rule == "vtc-cls":
