@@ -189,6 +189,8 @@ def cls_row_flops(g: BenchGeometry) -> float:
 
 def _per_image_budget(config: MethodConfig, g: BenchGeometry, ctx: CountContext) -> int:
     t = getattr(config, "visual_token_num", None)
+    if t is not None and getattr(config, "budget_is_approximate", False) and ctx.observed_visual_tokens is not None:
+        t = None  # the budget only steers the count (PruMerge+'s VTC-CLS rule): count what the run gave the LLM
     if t is None:
         if ctx.observed_visual_tokens is None:
             raise FlopsError(

@@ -4,9 +4,13 @@ Pure tensor functions, batched over ``B`` images that all hold ``n`` tokens (the
 [CLS] token). Nothing here knows about a model: the vision-encoder integration calls them between the attention
 and the MLP of an encoder layer (``llava.compression.integrations.clip_merging``).
 
-Conventions: every function keeps the *sequence order* of the tokens that survive (the official code emits
-``[unmerged A] + [B]`` instead; inside the encoder the order does not matter to attention, but the LLM sees the
-tokens in raster order this way). Arithmetic runs in fp32 and is cast back to the input dtype.
+Token order of the survivors (:data:`TOKEN_ORDERS`): ``official`` is the order of the official code
+(facebookresearch/ToMe ``bipartite_soft_matching``): ``[unmerged A tokens] + [all B tokens]``, the unmerged A tokens
+in ascending A order when the first token is a protected [CLS] (the official code sorts them so the [CLS] stays
+first) and otherwise in the order of the edge ranking (best remaining edge first), the B tokens in their sequence
+order. The next layer's alternating A / B split is taken on that order, so it changes which tokens can merge later,
+and it is the order the LLM receives. ``raster`` keeps the sequence order of the survivors instead. Arithmetic runs
+in fp32 and is cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+TOKEN_ORDERS = ("official", "raster")
+
 
 @dataclass
 class MergePlan:
     """Which tokens merge into which, in sequence-index space (``[B, r]`` each, ``torch.long``).
 
     src: tokens that disappear; dst: the token each of them is merged into (a survivor);
-    keep: ``[B, n - r]`` surviving token indices, ascending.
+    keep: ``[B, n - r]`` surviving token indices in their output order (ascending for the ``raster`` order).
     """
 
     src: torch.Tensor
@@ -47,7 +53,9 @@ def max_merges(num_tokens: int, protected: int = 1) -> int:
     return max(0, (num_tokens - protected) // 2)
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = True) -> MergePlan:
+def bipartite_soft_matching(
+    metric: torch.Tensor, r: int, protect_first: bool = True, order: str = "official"
+) -> MergePlan:
     """One ToMe matching step over ``n`` tokens.
 
     Tokens at even positions form set A, odd positions set B. Every A token's best B partner is its most
@@ -58,14 +66,17 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = 
     Args:
         metric: ``[B, n, d]`` similarity features (see :func:`key_metric`).
         r: merges wanted.
+        order: order of the survivors in ``keep`` (see :data:`TOKEN_ORDERS` and the module docstring).
 
     Returns:
         :class:`MergePlan` with ``min(r, cap)`` merges.
     """
+    if order not in TOKEN_ORDERS:
+        raise ValueError(f"ToMe token order must be one of {', '.join(TOKEN_ORDERS)}, got {order!r}")
     b, n, _ = metric.shape
     r = min(r, max_merges(n, 1 if protect_first else 0))
     dev = metric.device
-    if r <= 0:
+    if r <= 0:  # no merge: the official code returns the tokens untouched
         empty = torch.zeros(b, 0, dtype=torch.long, device=dev)
         return MergePlan(empty, empty.clone(), torch.arange(n, device=dev).expand(b, n).clone())
     m = F.normalize(metric.float(), dim=-1)
@@ -76,13 +87,19 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, protect_first: bool = 
         scores[:, 0, :] = float("-inf")
     node_idx = scores.argmax(dim=-1)  # best B partner; ties -> the first (lower) index
     node_max = torch.gather(scores, 2, node_idx.unsqueeze(-1)).squeeze(-1)
-    order = torch.sort(node_max, dim=-1, descending=True, stable=True).indices  # A tokens, best edge first
-    src_a = order[:, :r]
+    edge_order = torch.sort(node_max, dim=-1, descending=True, stable=True).indices  # A tokens, best edge first
+    src_a = edge_order[:, :r]
     src = a_idx[src_a]  # [B, r]
     dst = b_idx[torch.gather(node_idx, 1, src_a)]
-    gone = torch.zeros(b, n, dtype=torch.bool, device=dev)
-    gone.scatter_(1, src, True)
-    keep = torch.arange(n, device=dev).expand(b, n)[~gone].reshape(b, n - r)
+    if order == "raster":
+        gone = torch.zeros(b, n, dtype=torch.bool, device=dev)
+        gone.scatter_(1, src, True)
+        keep = torch.arange(n, device=dev).expand(b, n)[~gone].reshape(b, n - r)
+    else:
+        unmerged_a = edge_order[:, r:]
+        if protect_first:  # the official code sorts them so that the [CLS] stays first
+            unmerged_a = unmerged_a.sort(dim=-1).values
+        keep = torch.cat([a_idx[unmerged_a], b_idx.expand(b, -1)], dim=1)
     return MergePlan(src=src, dst=dst, keep=keep)
 
 
@@ -97,7 +114,7 @@ def merge_weighted_average(
         x: ``[B, n, C]`` tokens; sizes: ``[B, n]`` how many original patches each token stands for.
 
     Returns:
-        ``(x [B, n - r, C], sizes [B, n - r])`` for the tokens in ``plan.keep`` (sequence order).
+        ``(x [B, n - r, C], sizes [B, n - r])`` for the tokens in ``plan.keep``, in its order.
     """
     xf = x.float()
     s = sizes.float()

@@ -6,10 +6,10 @@ A vision-encoder method is a :class:`VisionEncoderMethod` config. An integration
 method reduces the ``1 + n`` tokens ([CLS] first) to ``1 + n - r`` and records what it did in the batch's
 :class:`EncoderTokens`. Nothing here knows about a model class.
 
-Guarantees every method keeps: the [CLS] token stays at index 0, the patch tokens stay in raster (sequence)
-order, every image of the batch loses the same number of tokens (tensors stay rectangular), and
-:class:`EncoderTokens` tracks each token's size (patches it stands for), its raster position and, for every
-original patch, the token it went into.
+Guarantees every method keeps: the [CLS] token stays at index 0, every image of the batch loses the same number of
+tokens (tensors stay rectangular), and :class:`EncoderTokens` tracks each token's size (patches it stands for), its
+raster position and, for every original patch, the token it went into. Patch tokens stay in raster (sequence)
+order unless the method says otherwise (ToMe's default ``official`` order is ``[unmerged A] + [B]``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class EncoderTokens:
 
     Attributes:
         sizes: ``[B, 1+n]`` fp32, how many original patches each token stands for ([CLS] = 1).
-        positions: ``[B, n]`` raster index (in the original grid) of the patch each current patch token started as.
+        positions: ``[B, n]`` raster index (in the original grid) of the patch each current patch token started as,
+            in the current token order.
         groups: ``[B, N]`` for every original patch, the index (``0 .. n-1``) of the current patch token holding
             most of it.
         grid: ``(rows, cols)`` of the original patch grid.
@@ -74,7 +75,8 @@ class EncoderTokens:
         """Record one merge step, in patch-index space (``0 .. n-1``, [CLS] excluded).
 
         Args:
-            sources: ``[B, r]`` patches merged away; preserved: ``[B, n - r]`` survivors, ascending;
+            sources: ``[B, r]`` patches merged away; preserved: ``[B, n - r]`` survivors in their new order
+                (ascending for methods that keep raster order);
             absorbed_by: ``[B, r]`` the survivor (patch index) that took most of each source;
             patch_sizes: ``[B, n - r]`` the survivors' new sizes.
         """
@@ -94,10 +96,12 @@ class EncoderTokens:
         self.merged_once = self.merged_once or sources.shape[1] > 0
 
     def trace(self, i: int) -> dict[str, Any]:
-        """The JSON-serialisable trace of image ``i`` (``visual_tokens`` is the patch count at the feature layer)."""
+        """The JSON-serialisable trace of image ``i`` (``visual_tokens`` is the patch count at the feature layer;
+        ``kept_indices`` the ascending raster indices of the patches the current tokens started as, whatever their
+        order)."""
         out: dict[str, Any] = {
             "visual_tokens": self.num_patches,
-            "kept_indices": [int(p) for p in self.positions[i].tolist()],
+            "kept_indices": sorted(int(p) for p in self.positions[i].tolist()),
             "vision_merge_layers": list(self.layers),
             "vision_merges_per_layer": list(self.merged),
             "vision_tokens_per_layer": list(self.counts),

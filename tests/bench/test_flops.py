@@ -175,6 +175,13 @@ def test_summarize_signature():
     # a results file's method_args list every field; PruMerge's unset budget means "its own adaptive count"
     adaptive = F.prefill_flops(40, "prumerge", {"visual_token_num": None, "prumerge_knn": 32}, "llava-v1.5-7b")
     assert adaptive == F.prefill_flops(40, "prumerge", {"visual_token_num": 40}, "llava-v1.5-7b")
+    # PruMerge+'s default fixed-budget rule lands near T: the observed count is what is counted
+    near = F.prefill_flops(266, "prumerge+", {"visual_token_num": 192}, "llava-v1.5-7b")
+    assert near == F.prefill_flops(266, "prumerge+", {"visual_token_num": None}, "llava-v1.5-7b")
+    exact = {"visual_token_num": 192, "prumerge_budget_rule": "exact-count"}
+    assert F.prefill_flops(266, "prumerge+", exact, "llava-v1.5-7b") == F.prefill_flops(
+        192, "prumerge+", exact, "llava-v1.5-7b"
+    )
     # visionzip's method_args carry derived keys (dominant / contextual) that are not config fields
     vz = {"visual_token_num": 64, "contextual_tokens": None, "visionzip_cls": True, "dominant": 54, "contextual": 10}
     assert F.prefill_flops(64, "visionzip", vz, "llava-v1.5-7b") > 0

@@ -82,6 +82,11 @@ INVALID = [
     ("prumerge+", {"prumerge_top_ratio": 0.0}),
     ("prumerge+", {"prumerge_top_ratio": 1.5}),
     ("prumerge+", {"visual_token_num": 600}),
+    ("prumerge+", {"visual_token_num": 64, "prumerge_top_ratio": 0.5}),  # only with the exact-count rule
+    ("prumerge+", {"visual_token_num": 64, "prumerge_budget_rule": "exact"}),
+    ("prumerge", {"prumerge_budget_rule": "exact-count"}),  # only prumerge+ has it
+    ("divprune", {"divprune_precision": "bf16"}),
+    ("tome", {"tome_token_order": "sorted"}),
     ("visionzip", {"visual_token_num": 0}),
     ("visionzip", {"visual_token_num": 577}),
     ("visionzip", {"visual_token_num": 64, "contextual_tokens": 64}),  # no room for the [CLS] token

@@ -101,6 +101,17 @@ def test_get_image_features_contract(model, pixels3):
     assert vtc.applied_config(model).name == "prumerge+"
 
 
+def test_prumerge_plus_budget_traces_the_real_count(model, pixels3):
+    vtc.apply(model, "prumerge+", visual_token_num=64)  # the VTC-CLS rule: top 13 + the 11-grid, near 64
+    out = features(model, pixels3)
+    for feat, trace in zip(out.pooler_output, out.compression_trace):
+        kept = trace["kept_indices"]
+        assert trace["visual_tokens"] == feat.shape[0] == len(kept) + 1
+        assert set(range(0, 575, 11)) <= set(kept) and 54 <= len(kept) + 1 <= 67
+    vtc.apply(model, "prumerge+", visual_token_num=64, prumerge_budget_rule="exact-count")
+    assert [t["visual_tokens"] for t in features(model, pixels3).compression_trace] == [64] * 3
+
+
 def test_generate_keeps_prompts_and_reports_traces(model, pixels3):
     ids, mask = make_prompts([True, False, True, True])
     vtc.apply(model, "fastervlm", visual_token_num=20)

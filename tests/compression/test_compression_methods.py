@@ -127,12 +127,13 @@ def ref_prumerge(sig, b, centres_fn, knn):
     centres = centres_fn(attn)
     x = sig.patches[b].double().numpy()
     keys = k[1:]
+    n = len(attn)
     rows = []
     for i in centres:
-        sims = [(ref_cos(keys[i], keys[j]), j) for j in range(N) if j != i]
+        sims = [(ref_cos(keys[i], keys[j]), j) for j in range(n) if j != i]
         nb = [j for _, j in sorted(sims, key=lambda t: (-t[0], t[1]))[:knn]]
         rows.append(x[i] + sum(attn[j] * x[j] for j in nb))
-    rows.append(sum(attn[j] * x[j] for j in range(N) if j not in centres))
+    rows.append(sum(attn[j] * x[j] for j in range(n) if j not in centres))
     return centres, np.stack(rows)
 
 
@@ -205,7 +206,12 @@ def test_prumerge_plus_budget_matches_reference(budget, ratio):
         return top + [cands[int((i + 0.5) * m / k)] for i in range(k)]
 
     cfg = make_config(
-        "prumerge+", GEOMETRY, visual_token_num=budget, prumerge_top_ratio=ratio, prumerge_knn=3
+        "prumerge+",
+        GEOMETRY,
+        visual_token_num=budget,
+        prumerge_budget_rule="exact-count",
+        prumerge_top_ratio=ratio,
+        prumerge_knn=3,
     )
     out = cfg.reduce(sig)
     for b in range(2):
@@ -213,6 +219,95 @@ def test_prumerge_plus_budget_matches_reference(budget, ratio):
         assert out.features[b].shape[0] == budget
         assert out.kept_indices[b].tolist() == sorted(centres)
         torch.testing.assert_close(out.features[b].double(), torch.from_numpy(rows), rtol=1e-4, atol=1e-4)
+
+
+# PruMerge+ at a fixed budget, the VTC-CLS repository's rule (the published 64 / 128 / 256 rows). The expected kept
+# sets are written out by hand: the top c indices of a hand-made score vector, then the multiples of s // 3 below
+# 575 that are not among them.
+MULTIPLES_OF_11 = [11 * i for i in range(53)]  # 0, 11, ..., 572
+MULTIPLES_OF_6 = [6 * i for i in range(96)]  # 0, 6, ..., 570
+MULTIPLES_OF_3 = [3 * i for i in range(192)]  # 0, 3, ..., 573
+HAND_TOP = [574, 22, 301, 0, 402, 11, 503, 5, 17, 250, 333, 200, 100]  # best first; 0, 11, 22 are on the 11-grid
+
+
+def hand_scores(top: list[int]) -> torch.Tensor:
+    """576 scores: ``top`` get 100, 99.9, 99.8, ... (in that order), every other patch a distinct value in [0, 1]."""
+    scores = torch.linspace(0.0, 1.0, 576)
+    for rank, j in enumerate(top):
+        scores[j] = 100.0 - 0.1 * rank
+    return scores
+
+
+LLAVA_GEOMETRY = ModelGeometry()
+
+
+def test_prumerge_plus_vtc_cls_rule_at_64_by_hand():
+    cfg = make_config("prumerge+", LLAVA_GEOMETRY, visual_token_num=64)
+    assert cfg.prumerge_budget_rule == "vtc-cls"
+    centres = cfg.centres(hand_scores(HAND_TOP)).tolist()
+    expected = HAND_TOP + [j for j in MULTIPLES_OF_11 if j not in (0, 11, 22)]
+    assert centres == expected  # top 13 in rank order, then the 50 grid indices not already taken
+    assert len(centres) + 1 == 64  # + the extra token
+
+
+@pytest.mark.parametrize("budget", [128, 192, 256])
+def test_prumerge_plus_vtc_cls_rule_at_other_budgets_by_hand(budget):
+    top_count, grid = (40, MULTIPLES_OF_6) if budget == 128 else (95, MULTIPLES_OF_3)
+    top = [575 - 2 * i for i in range(top_count)]  # 575, 573, ...: odd, so none on the 6-grid, 32 on the 3-grid
+    cfg = make_config("prumerge+", LLAVA_GEOMETRY, visual_token_num=budget)
+    centres = cfg.centres(hand_scores(top)).tolist()
+    assert centres == top + [j for j in grid if j not in top]
+    assert len(centres) + 1 == {128: 40 + 96 + 1, 192: 95 + 192 - 32 + 1, 256: 95 + 192 - 32 + 1}[budget]
+
+
+def llava_sized_signals(boosted: list[list[int]], seed: int = 11) -> VisionSignals:
+    """Random signals on a 24x24 grid where image ``b``'s patches ``boosted[b]`` get the highest scores."""
+    g = torch.Generator().manual_seed(seed)
+    n, batch = 576, len(boosted)
+    layer = FEATURE_LAYER + 1
+    queries = {layer: 2.0 * torch.randn(batch, 1, C, generator=g)}
+    keys = {layer: torch.randn(batch, n + 1, C, generator=g)}
+    for b, patches in enumerate(boosted):
+        q = queries[layer][b, 0]
+        for j in patches:
+            keys[layer][b, 1 + j] += q
+    return VisionSignals(
+        tokens=torch.randn(batch, n + 1, C, generator=g),
+        grid=(24, 24),
+        feature_layer=FEATURE_LAYER,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        queries=queries,
+        keys=keys,
+    )
+
+
+def test_prumerge_plus_vtc_cls_rule_count_is_real_and_per_image():
+    geometry = ModelGeometry(grid=(24, 24), vision_layers=LAYERS, llm_layers=2)
+    # image 0: none of its top 13 on the 11-grid -> 13 + 53 + 1 = 67 tokens; image 1: five of them -> 62
+    off_grid = [j for j in range(1, 15) if j != 11]
+    on_grid = [0, 11, 22, 33, 44] + [2 + 2 * i for i in range(8)]
+    sig = llava_sized_signals([off_grid, on_grid])
+    out = make_config("prumerge+", geometry, visual_token_num=64, prumerge_knn=4).reduce(sig)
+    for b, top in enumerate([off_grid, on_grid]):
+
+        def centres_fn(attn, top=top):
+            best = ref_top(list(attn), 13)
+            assert sorted(best) == sorted(top)  # the boost made these the top 13
+            return best + [j for j in MULTIPLES_OF_11 if j not in best]
+
+        centres, rows = ref_prumerge(sig, b, centres_fn, 4)
+        assert out.kept_indices[b].tolist() == sorted(centres)
+        torch.testing.assert_close(out.features[b].double(), torch.from_numpy(rows), rtol=1e-4, atol=1e-4)
+    assert [out.trace(b)["visual_tokens"] for b in range(2)] == [67, 62]
+
+
+def test_prumerge_plus_exact_count_rule_is_an_option():
+    cfg = make_config("prumerge+", LLAVA_GEOMETRY, visual_token_num=64, prumerge_budget_rule="exact-count")
+    centres = cfg.centres(hand_scores(HAND_TOP))
+    assert centres.numel() + 1 == 64 and centres.unique().numel() == 63
+    assert centres[:13].tolist() == HAND_TOP  # top ceil(63 * 0.5) = 32 by score, then 31 spread patches
+    assert centres[32:].tolist() == sorted(centres[32:].tolist())
 
 
 # -- VisionZip -----------------------------------------------------------------------------------------------------
@@ -277,6 +372,68 @@ def test_divprune_matches_reference(space):
         keep = ref_divprune(tokens, 10)
         assert out.kept_indices[b].tolist() == keep
         torch.testing.assert_close(out.features[b], tokens[keep])
+
+
+def upstream_fp16_distances(tokens):
+    """DivPrune's ``pairwise_cosine_similarity`` as upstream writes it, on fp16 tensors (PyTorch's own fp16 ops)."""
+    h = tokens.detach().to(torch.float16)
+    unit = h / h.norm(dim=1, keepdim=True)
+    return 1.0 - torch.mm(unit, unit.t())
+
+
+def upstream_divprune_picks(distances, k):
+    """Upstream's loop, literally: first pick = argmax of each column's second-smallest entry (diagonal included),
+    then argmax over all columns of the minimum over the picked rows (first index on ties)."""
+    d = distances.float().tolist()
+    n = len(d)
+    second = [sorted(d[i][j] for i in range(n))[1] for j in range(n)]
+    picks = [max(range(n), key=lambda j: (second[j], -j))]
+    while len(picks) < k:
+        picks.append(max(range(n), key=lambda j: (min(d[s][j] for s in picks), -j)))
+    return picks
+
+
+@pytest.mark.parametrize("space", ["vision", "projected"])
+def test_divprune_fp16_matches_upstreams_half_precision_loop(space):
+    from llava.compression.selection import cosine_distance_fp16
+
+    sig = random_signals(seed=8)
+    cfg = make_config("divprune", GEOMETRY, visual_token_num=10, divprune_space=space, divprune_precision="fp16")
+    out = cfg.reduce(sig)
+    for b in range(2):
+        tokens = sig.project(sig.patches[b]).detach() if space == "projected" else sig.patches[b]
+        upstream = upstream_fp16_distances(tokens)
+        mine = cosine_distance_fp16(tokens)
+        assert mine.dtype == torch.float16 and torch.equal(mine, upstream)  # bit for bit
+        picks = upstream_divprune_picks(upstream, 10)
+        assert len(set(picks)) == 10  # no re-pick on this data
+        assert out.kept_indices[b].tolist() == sorted(picks)
+        torch.testing.assert_close(out.features[b], tokens[sorted(picks)])
+
+
+def test_divprune_fp16_picks_differ_from_fp32_on_near_ties():
+    def at(degrees, radius):
+        return [radius * math.cos(math.radians(degrees)), radius * math.sin(math.radians(degrees)), 0.0]
+
+    # token 0 is the most isolated (first pick in both); 1 and 2 lie 120 and 120.02 degrees away from it: distance
+    # 1.5 vs 1.50030 in fp32, both 1.5 in fp16 (spacing 0.00098 there), so fp16 takes the lower index
+    patches = torch.tensor([at(0, 2.0), at(120, 0.7), at(-120.02, 1.3), at(119, 1.0), at(-119, 3.0)])
+    sig = VisionSignals(
+        tokens=torch.cat([torch.ones(1, 3), patches])[None],
+        grid=(1, 5),
+        feature_layer=FEATURE_LAYER,
+        num_layers=LAYERS,
+        num_heads=1,
+    )
+    geometry = ModelGeometry(num_patches=5, grid=(1, 5), vision_layers=LAYERS, llm_layers=2)
+    kept = {
+        precision: make_config(
+            "divprune", geometry, visual_token_num=2, divprune_space="vision", divprune_precision=precision
+        ).reduce(sig).kept_indices[0].tolist()
+        for precision in ("fp32", "fp16")
+    }
+    assert kept == {"fp32": [0, 2], "fp16": [0, 1]}
+    assert make_config("divprune", geometry, visual_token_num=2).divprune_precision == "fp32"  # the default
 
 
 # -- random / pool --------------------------------------------------------------------------------------------------

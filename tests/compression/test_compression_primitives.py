@@ -79,6 +79,16 @@ def test_max_min_diversity_hand_case():
     assert sorted(selection.max_min_diversity(torch.zeros(3, 3), 3).tolist()) == [0, 1, 2]
 
 
+def test_max_min_diversity_upstream_first_pick_rule_by_hand():
+    # a rounded diagonal entry (0.5 at token 0) is not its column's smallest: upstream's second-smallest entry of
+    # each column (diagonal included) is (0.2, 0.1, 0.2) -> token 0; the nearest other token gives (0.1, 0.1, 0.2)
+    d = torch.tensor([[0.5, 0.1, 0.2], [0.1, 0.0, 0.3], [0.2, 0.3, 0.0]])
+    assert selection.max_min_diversity(d, 1, first_pick="second-smallest").tolist() == [0]
+    assert selection.max_min_diversity(d, 1).tolist() == [2]
+    with pytest.raises(ValueError):
+        selection.max_min_diversity(d, 1, first_pick="largest")
+
+
 def test_random_indices_distinct_sorted_reproducible():
     a = selection.random_indices(50, 10, torch.Generator().manual_seed(3))
     b = selection.random_indices(50, 10, torch.Generator().manual_seed(3))

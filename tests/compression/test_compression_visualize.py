@@ -26,6 +26,9 @@ def checkpoint(tiny_hf, tmp_path_factory):
         ("fastervlm", ["--visual-token-num", "64"]),
         ("visionzip", ["--visual-token-num", "32"]),
         ("prumerge+", []),
+        ("prumerge+", ["--visual-token-num", "64"]),
+        ("tome", ["--visual-token-num", "64"]),  # official token order: groups follow the output order
+        ("tome", ["--visual-token-num", "64", "--tome-token-order", "raster"]),
         ("none", []),
     ],
 )

@@ -15,6 +15,7 @@ from tests.merging.conftest import FEATURE_LAYER, GEN, NUM_PATCHES, make_pixels,
 # small-model settings: FiCoCo-V merges in encoder layers 2..6, ToMe in 0..6
 VISION = {
     "tome": {},
+    "tome-raster": {"tome_token_order": "raster"},
     "ficoco-v": {"ficoco_start_layer": 2},
     "ficoco-v-quirks": {"ficoco_start_layer": 2, "ficoco_reference_quirks": True},
     "ficoco-v-sized": {"ficoco_start_layer": 2, "ficoco_size_weighted": True, "ficoco_local_penalty": False},
@@ -22,7 +23,7 @@ VISION = {
 
 
 def _apply(model, key: str, **kw):
-    name = "ficoco-v" if key.startswith("ficoco-v") else key
+    name = "ficoco-v" if key.startswith("ficoco-v") else key.split("-")[0]
     return vtc.apply(model, name, **{**VISION[key], **kw})
 
 
@@ -74,8 +75,29 @@ def test_budget_is_reached_exactly_and_traced(model, pixels, key, budget):
         sizes, groups = out.token_sizes[i], out.token_groups[i]
         torch.testing.assert_close(sizes.sum(), torch.tensor(float(NUM_PATCHES)))  # every patch accounted for
         assert groups.shape == (NUM_PATCHES,) and int(groups.min()) >= 0 and int(groups.max()) == budget - 1
-        kept = torch.tensor(trace["kept_indices"])
-        assert torch.equal(groups[kept], torch.arange(budget))  # a survivor is the main holder of itself
+        origins = out.token_origins[i]  # the patch each output token started as, in output order
+        assert sorted(origins.tolist()) == trace["kept_indices"]
+        assert torch.equal(groups[origins], torch.arange(budget))  # a survivor is the main holder of itself
+        assert torch.equal(torch.bincount(groups, minlength=budget).float(), sizes)  # groups = what sizes count
+        if key.startswith("ficoco-v") or key == "tome-raster":
+            assert origins.tolist() == trace["kept_indices"]  # raster order
+
+
+def test_tome_official_order_reaches_the_llm_and_differs_from_raster(model, pixels):
+    vtc.apply(model, "tome", visual_token_num=16)
+    official = features(model, pixels)
+    vtc.apply(model, "tome", visual_token_num=16, tome_token_order="raster")
+    raster = features(model, pixels)
+    assert [t["tome_token_order"] for t in official.compression_trace] == ["official"] * 3
+    assert any(o.tolist() != sorted(o.tolist()) for o in official.token_origins)  # not raster order
+    assert [t["kept_indices"] for t in official.compression_trace] != [
+        t["kept_indices"] for t in raster.compression_trace
+    ]
+    # the LLM gets the encoder's feature-layer patch tokens in the encoder's order
+    with torch.inference_mode():
+        projected = model.model.multi_modal_projector(official.hidden_states[-2][:, 1:])
+    for feats, expected in zip(official.pooler_output, projected):
+        torch.testing.assert_close(feats, expected)
 
 
 def test_ficoco_r_and_start_layer_directly(model, pixels):

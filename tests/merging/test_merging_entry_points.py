@@ -33,6 +33,12 @@ def test_cli_flags_build_the_configs():
     assert c.vision_for(TINY).final_count(TINY) == 320 and c.llm_for(TINY).input_tokens == 320
     c = config_from_args(_args("--method", "tome", "--tome-r", "16", "--no-tome-prop-attn"), TINY)
     assert c.final_count(TINY) == 576 - 23 * 16 and not c.proportional_attention
+    assert c.tome_token_order == "official"
+    c = config_from_args(_args("--method", "tome", "--tome-token-order", "raster"), TINY)
+    assert c.tome_token_order == "raster"
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        _args("--method", "tome", "--tome-token-order", "sorted")
+    assert "--tome-token-order" in build_parser("t", 8).format_help()
     with pytest.raises(CompressionConfigError, match="does not use --ficoco-vision-start-layer"):
         config_from_args(_args("--method", "ficoco-v", "--ficoco-vision-start-layer", "3"), TINY)
 

@@ -15,8 +15,9 @@ In a merging layer the keys (and, when the method asks, the queries) come from f
 attention (ToMe) is an additive float mask ``log size`` on the keys, which SDPA and eager attention accept
 (FlashAttention does not: applying such a method to a FlashAttention tower raises).
 
-The [CLS] token stays at index 0 and patch tokens stay in raster order, so LLaVA's ``hidden_states[-2][:, 1:]``
-(the feature layer without [CLS]) are the merged patch tokens; every image of a batch keeps the same count.
+The [CLS] token stays at index 0, so LLaVA's ``hidden_states[-2][:, 1:]`` (the feature layer without [CLS]) are the
+merged patch tokens, in the order the method leaves them (raster, or ToMe's official ``[unmerged A] + [B]``); every
+image of a batch keeps the same count.
 Merging stops at the feature layer (later layers cannot change the features); they run unmodified.
 """
 
@@ -38,9 +39,11 @@ from llava.compression.vision_encoder import EncoderTokens, LayerAttention, Visi
 @dataclass
 class MergedImageFeatures(llava_integration.CompressedImageFeatures):
     """``get_image_features`` output under in-encoder merging; adds ``token_sizes`` (per image ``[k_i]``, how many
-    original patches each output token stands for)."""
+    original patches each output token stands for) and ``token_origins`` (per image ``[k_i]``, the raster index of
+    the patch each output token started as, in output order)."""
 
     token_sizes: list[torch.Tensor] | None = None
+    token_origins: list[torch.Tensor] | None = None
 
 
 def vision_part(config: MethodConfig, geometry: ModelGeometry) -> VisionEncoderMethod:
@@ -225,4 +228,5 @@ def _get_image_features(
         compression_trace=traces,
         token_groups=list(tokens.groups),
         token_sizes=list(tokens.sizes[:, 1:]),
+        token_origins=list(tokens.positions),
     )

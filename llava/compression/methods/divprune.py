@@ -4,6 +4,12 @@ Distance: ``1 - cos`` between tokens; by default between the *projected* tokens 
 embeddings of the image span), ``--divprune-space vision`` uses the vision features instead. Greedy max-min
 selection (see :func:`llava.compression.selection.max_min_diversity`), kept in raster order. ``T`` is the number
 of visual tokens the LLM gets (upstream's ratio ``r`` is ``T = round(r * 576)``).
+
+Precision (``--divprune-precision``): ``fp32`` (default) computes the distances in fp32 and takes the first pick
+as the token whose nearest *other* token is farthest. ``fp16`` reproduces upstream's GPU run, whose distance
+matrix is computed in fp16 from the fp16 embeddings (:func:`llava.compression.selection.cosine_distance_fp16`;
+only a few thousand distinct values among 576 x 576, so many near-ties collapse and the first index wins), with
+upstream's literal first-pick rule (second-smallest entry of each column, diagonal included). The picks differ.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ from llava.compression.pre_llm import (
     selection_reduction,
 )
 from llava.compression.registry import MethodSpec, ModelGeometry, Stage, option, register
-from llava.compression.selection import cosine_distance, max_min_diversity
+from llava.compression.selection import cosine_distance, cosine_distance_fp16, max_min_diversity
 
 SPACES = ("projected", "vision")
+PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass
@@ -41,10 +48,18 @@ class DivPruneConfig(PreLLMMethod):
         "DivPrune: distances between projected or vision tokens",
         choices=SPACES,
     )
+    divprune_precision: str = option(
+        "fp32",
+        "--divprune-precision",
+        "DivPrune: precision of the distance matrix: fp32 (default) or fp16 (reproduces upstream's fp16 GPU "
+        "computation and first-pick rule; near-ties collapse and the picks differ)",
+        choices=PRECISIONS,
+    )
 
     def __post_init__(self) -> None:
         check_int("--visual-token-num", self.visual_token_num, 1)
         check_choice("--divprune-space", self.divprune_space, SPACES)
+        check_choice("--divprune-precision", self.divprune_precision, PRECISIONS)
 
     def validate(self, geometry: ModelGeometry) -> None:
         check_budget(self.visual_token_num, geometry)
@@ -57,7 +72,13 @@ class DivPruneConfig(PreLLMMethod):
             tokens = signals.project(signals.patches)
         else:
             tokens = signals.patches
-        picks = [max_min_diversity(cosine_distance(t), self.visual_token_num) for t in tokens]
+        if self.divprune_precision == "fp16":
+            picks = [
+                max_min_diversity(cosine_distance_fp16(t), self.visual_token_num, first_pick="second-smallest")
+                for t in tokens
+            ]
+        else:
+            picks = [max_min_diversity(cosine_distance(t), self.visual_token_num) for t in tokens]
         indices = torch.stack(picks).sort(dim=-1).values
         out = selection_reduction(tokens, indices)
         out.projected = projected

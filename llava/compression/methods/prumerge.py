@@ -9,10 +9,17 @@ Selection (count conventions):
   (``> Q3 + 1.5 IQR``, per image; upstream pools the quartiles over the batch). Output: those ``k`` tokens + 1.
 * ``prumerge+`` without ``--visual-token-num``: the outliers, then the spatially uniform indices
   ``0, s, 2s, ... < N - 1`` with ``s = max(1, int(N / k) // 3)`` that are not already kept. Output: kept + 1.
-* with ``--visual-token-num T``: exactly ``T`` tokens to the LLM, the extra token included: ``prumerge`` keeps the
-  top ``T - 1``; ``prumerge+`` keeps the top ``ceil((T - 1) * r)`` (``r = --prumerge-top-ratio``, 0.5 = upstream's
-  fixed-budget branch, top ``576 r`` + a uniform grid of ``576 r``) and fills the rest with spatially uniform,
-  distinct patches (upstream's grid can repeat kept tokens and only approximates the count).
+* ``prumerge`` with ``--visual-token-num T``: the top ``T - 1`` tokens + the extra token (exactly ``T``).
+* ``prumerge+`` with ``--visual-token-num T``, ``--prumerge-budget-rule vtc-cls`` (default): the rule of the
+  VTC-CLS repository, which made the only published fixed-budget PruMerge+ rows (64 / 128 / 256): the top ``c``
+  tokens by score, then every index of ``range(0, N - 1, s // 3)`` (``range(0, 575, ...)`` for 576 patches) not
+  already kept, with ``(c, s) = (13, 33)`` for ``T = 64``, ``(40, 18)`` for ``T = 128`` and ``(95, 9)`` for any other
+  ``T`` (``c`` capped at ``N``). The count lands *near* ``T``, not on it (54-67 tokens for 64, 97-137 for 128,
+  193-288 otherwise, the extra token included) and varies per image; every trace records the real count.
+* ``prumerge+`` with ``--prumerge-budget-rule exact-count``: exactly ``T`` tokens, the extra token included: the top
+  ``ceil((T - 1) * r)`` (``r = --prumerge-top-ratio``, default 0.5, the share of upstream's training-time
+  fixed-budget branch, top ``576 r`` + a uniform grid of ``576 r``) and the rest filled with spatially uniform,
+  distinct patches.
 
 Merge: every kept token adds its ``--prumerge-knn`` (32) most key-similar other patches (cosine of the same
 layer's full-width keys), weighted by their [CLS] attention, unnormalised (upstream); one extra token is the
@@ -55,6 +62,11 @@ from llava.compression.selection import (
 )
 
 TOKEN_ORDERS = ("rank", "raster")
+BUDGET_RULES = ("vtc-cls", "exact-count")
+DEFAULT_TOP_RATIO = 0.5
+# VTC-CLS repository's PruMerge+ baseline: --visual-token-num -> (top tokens c, s); the uniform stride is s // 3
+VTC_CLS_TOP_AND_SPACING = {64: (13, 33), 128: (40, 18)}
+VTC_CLS_OTHER_BUDGETS = (95, 9)
 
 
 @dataclass
@@ -67,7 +79,8 @@ class PruMergeConfig(PreLLMMethod):
     visual_token_num: int | None = option(
         None,
         "--visual-token-num",
-        "visual tokens per image given to the LLM (prumerge/prumerge+: unset = adaptive IQR budget)",
+        "visual tokens per image given to the LLM (prumerge/prumerge+: unset = adaptive IQR budget; prumerge+ "
+        "lands near T under its default --prumerge-budget-rule vtc-cls)",
         type=int,
     )
     prumerge_knn: int = option(32, "--prumerge-knn", "neighbours merged into every kept token (PruMerge)")
@@ -140,23 +153,51 @@ class PruMergePlusConfig(PruMergeConfig):
     name: ClassVar[str] = "prumerge+"
     uniform: ClassVar[bool] = True
 
-    prumerge_top_ratio: float = option(
-        0.5,
+    prumerge_budget_rule: str = option(
+        "vtc-cls",
+        "--prumerge-budget-rule",
+        "PruMerge+ with --visual-token-num T: vtc-cls (default; the VTC-CLS repository's rule behind the published "
+        "fixed-budget rows: top 13/40/95 tokens + a uniform grid of stride 11/6/3 for T = 64/128/other, count near "
+        "T) or exact-count (exactly T: top share --prumerge-top-ratio + evenly spread distinct patches)",
+        choices=BUDGET_RULES,
+    )
+    prumerge_top_ratio: float | None = option(
+        None,
         "--prumerge-top-ratio",
-        "PruMerge+ with a budget: share of the kept tokens chosen by score",
+        f"PruMerge+ with --prumerge-budget-rule exact-count: share of the kept tokens chosen by score "
+        f"(default {DEFAULT_TOP_RATIO})",
         type=float,
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_choice("--prumerge-budget-rule", self.prumerge_budget_rule, BUDGET_RULES)
         r = self.prumerge_top_ratio
+        if r is None:
+            return
         if isinstance(r, bool) or not isinstance(r, int | float) or not 0.0 < r <= 1.0:
             raise CompressionConfigError(f"--prumerge-top-ratio must be in (0, 1], got {r!r}")
+        if self.prumerge_budget_rule != "exact-count":
+            raise CompressionConfigError(
+                "--prumerge-top-ratio only applies to --prumerge-budget-rule exact-count; add that flag or drop "
+                "--prumerge-top-ratio"
+            )
+
+    @property
+    def budget_is_approximate(self) -> bool:
+        """``--visual-token-num`` only steers the count (the VTC-CLS rule); the traces hold the real one."""
+        return self.visual_token_num is not None and self.prumerge_budget_rule == "vtc-cls"
 
     def _top_and_uniform(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
-        n_top = min(budget, max(1, math.ceil(budget * self.prumerge_top_ratio)))
+        n = scores.shape[-1]
+        if self.prumerge_budget_rule == "vtc-cls":
+            top_count, spacing = VTC_CLS_TOP_AND_SPACING.get(self.visual_token_num, VTC_CLS_OTHER_BUDGETS)
+            top = topk_in_rank_order(scores[None], min(top_count, n))[0]
+            return append_unique(top, strided_indices(n - 1, spacing // 3).to(top.device))
+        ratio = DEFAULT_TOP_RATIO if self.prumerge_top_ratio is None else self.prumerge_top_ratio
+        n_top = min(budget, max(1, math.ceil(budget * ratio)))
         top = topk_in_rank_order(scores[None], n_top)[0]
-        rest = uniform_fill(scores.shape[-1], budget - n_top, exclude=top).to(top.device)
+        rest = uniform_fill(n, budget - n_top, exclude=top).to(top.device)
         return torch.cat([top, rest])
 
 

@@ -15,9 +15,15 @@ dropped as usual). The budget is met exactly:
 * ``--tome-r r``: ``r`` merges in every layer (ToMe's constant schedule), the count follows (``576 - 23 r``);
 * both: ``r`` per layer until ``T`` is reached.
 
-Each layer merges at most half of its tokens (ToMe's cap). Deviation from the official code: surviving tokens keep
-their sequence (raster) order instead of ``[unmerged A] + [B]``; attention is order-independent, so only which
-tokens form sets A / B in later layers changes, and the LLM receives the tokens in raster order.
+Each layer merges at most half of its tokens (ToMe's cap).
+
+Token order (``--tome-token-order``): ``official`` (default, what the published ToMe baselines ran) emits the
+survivors of every merge as the official code does, ``[unmerged A, ascending] + [B]``, so the next layer's A / B
+split is taken on that order and the LLM receives the tokens in it; ``raster`` keeps the survivors in sequence
+(raster) order in every layer, which changes which tokens can merge in later layers (over 23 layers of LLaVA-1.5
+only a fraction of the merge groups agree between the two). In both orders the trace's ``kept_indices`` are the
+ascending raster indices of the patches the output tokens started as; ``token_origins`` on the
+``get_image_features`` output lists them in output order and ``token_groups`` maps every patch to its output token.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 
 from llava.compression import tome
 from llava.compression.ficoco import merge_schedule
-from llava.compression.pre_llm import check_budget, check_feature_layer, check_int
+from llava.compression.pre_llm import check_budget, check_choice, check_feature_layer, check_int
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -64,6 +70,13 @@ class ToMeConfig(VisionEncoderMethod):
     tome_prop_attn: bool = option(
         True, "--tome-prop-attn", "ToMe: proportional attention (add log token size to the attention logits)"
     )
+    tome_token_order: str = option(
+        "official",
+        "--tome-token-order",
+        "ToMe: order of the tokens after every merge: official ([unmerged set-A tokens] + [set-B tokens], as the "
+        "official code; default) or raster (survivors keep their sequence order)",
+        choices=tome.TOKEN_ORDERS,
+    )
 
     def __post_init__(self) -> None:
         if self.visual_token_num is None and self.tome_r is None:
@@ -74,6 +87,7 @@ class ToMeConfig(VisionEncoderMethod):
             check_int("--tome-r", self.tome_r, 0)
         if not isinstance(self.tome_prop_attn, bool):
             raise CompressionConfigError(f"--tome-prop-attn must be a boolean, got {self.tome_prop_attn!r}")
+        check_choice("--tome-token-order", self.tome_token_order, tome.TOKEN_ORDERS)
 
     @property
     def proportional_attention(self) -> bool:
@@ -111,13 +125,13 @@ class ToMeConfig(VisionEncoderMethod):
         return geometry.num_patches - sum(self.per_layer(geometry))
 
     def trace_extras(self) -> dict[str, Any]:
-        return {"tome_prop_attn": self.tome_prop_attn}
+        return {"tome_prop_attn": self.tome_prop_attn, "tome_token_order": self.tome_token_order}
 
     def merge(
         self, x: torch.Tensor, attention: LayerAttention, tokens: EncoderTokens, r: int
     ) -> torch.Tensor:
         metric = tome.key_metric(attention.keys, attention.num_heads)
-        plan = tome.bipartite_soft_matching(metric, r, protect_first=True)
+        plan = tome.bipartite_soft_matching(metric, r, protect_first=True, order=self.tome_token_order)
         y, sizes = tome.merge_weighted_average(x, tokens.sizes, plan)
         tokens.update(attention.layer, plan.src - 1, plan.keep[:, 1:] - 1, plan.dst - 1, sizes[:, 1:])
         return y
