@@ -62,7 +62,7 @@ class DARTConfig(LLMPruningMethod):
                 "dart: at least one pivot (--dart-pivot-image / --dart-pivot-text) is needed"
             )
         if self.visual_token_num is not None:
-            check_int("--visual-token-num", self.visual_token_num, 0)
+            check_int("--visual-token-num", self.visual_token_num, 1)
         check_positions(self.llm_positions)
 
     @property
