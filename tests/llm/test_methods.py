@@ -117,6 +117,47 @@ def test_dpc_knn_merge_finds_two_clusters_and_averages_them():
     assert means == {tuple(a.mean(0).round(decimals=4).tolist()), tuple(b.mean(0).round(decimals=4).tolist())}
 
 
+def _exact_dpc_centres(x: torch.Tensor, c: int) -> tuple[list[int], torch.Tensor]:
+    """Reference DPC-kNN centres in float64 from explicit coordinate differences (density = -mean sq. distance)."""
+    x64 = x.double()
+    n, d = x64.shape
+    dist = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1).sqrt() / d**0.5
+    log_density = -(dist.sort(dim=-1).values[:, :c] ** 2).mean(-1)
+    parent = []
+    for i in range(n):
+        denser = [j for j in range(n) if log_density[j] > log_density[i] or (log_density[j] == log_density[i] and j < i)]
+        parent.append(min(float(dist[i, j]) for j in denser) if denser else float(dist.max()))
+    score = torch.tensor(parent, dtype=torch.float64).log() + log_density
+    return sorted(range(n), key=lambda i: (-float(score[i]), i))[:c], log_density
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 30.0])
+def test_dpc_knn_densities_neither_round_nor_underflow(scale):
+    from llava.compression.llm.selection import dpc_knn_log_density, pairwise_distances
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 64, generator=g) * scale
+    # old densities exp(-mean d^2): all 1.0 in fp32 for tiny activations, all 0.0 for large ones
+    log_density = dpc_knn_log_density(pairwise_distances(x), 3)
+    assert torch.unique(log_density).numel() == 24
+    centres, exact = _exact_dpc_centres(x, 3)
+    assert torch.equal(torch.sort(log_density, stable=True).indices, torch.sort(exact, stable=True).indices)
+    _, got = dpc_knn_merge(x, 3)
+    assert got.tolist() == centres
+
+
+def test_dpc_knn_centres_exact_under_a_large_common_component():
+    g = torch.Generator().manual_seed(4)
+    for trial in range(20):
+        direction = torch.randn(256, generator=g)
+        # token differences of norm ~1.4 on a shared component of norm 1000 (the matrix-multiply path of cdist
+        # reordered the centres in 20 of these 20 trials)
+        x = torch.randn(40, 256, generator=g) * 0.1 + 1000.0 * direction / direction.norm()
+        centres, _ = _exact_dpc_centres(x, 5)
+        _, got = dpc_knn_merge(x, 5)
+        assert got.tolist() == centres, f"trial {trial}"
+
+
 def test_sparsevlm_recycle_counts():
     g = torch.Generator().manual_seed(0)
     x, s = torch.randn(17, 8, generator=g), torch.rand(17, generator=g)

@@ -105,34 +105,67 @@ def dart_select(
     return torch.cat(chosen).sort().values
 
 
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """``[N, D]`` -> ``[N, N]`` float64 Euclidean distances divided by ``sqrt(D)`` (SparseVLM's DPC-kNN metric).
+
+    Computed from the coordinate differences (``torch.cdist`` without its matrix-multiply path): the
+    ``|a|^2 + |b|^2 - 2 a.b`` shortcut loses every digit when tokens share a large common component (hidden states
+    of an LLM do), which reorders the cluster centres. Float64, because the ``N`` here is a few hundred at most.
+    """
+    x64 = x.detach().to(torch.float64)
+    return torch.cdist(x64, x64, compute_mode="donot_use_mm_for_euclid_dist") / x.shape[-1] ** 0.5
+
+
+def dpc_knn_log_density(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """``log`` of DPC-kNN's local density ``exp(-mean of the squared distances to the k nearest tokens)``.
+
+    The token itself is among its ``k`` nearest (distance 0), as upstream. Returned in log space (``[N]`` float64):
+    the ranking is the density's, but it cannot round to 1 (tiny activations) or underflow to 0 (large ones),
+    which would turn every comparison of densities into a tie.
+    """
+    k = max(1, min(int(k), dist.shape[-1]))
+    nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
+    return -(nearest**2).mean(dim=-1)
+
+
+def dpc_knn_centres(dist: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """DPC-kNN's ``C = min(num_clusters, N)`` cluster centres of ``[N, N]`` distances, best first.
+
+    * local density: :func:`dpc_knn_log_density` with ``k = num_clusters``;
+    * each token's distance to the nearest denser token (the densest token gets the largest distance overall).
+      Density ties are broken by index, the lower index counting as denser (upstream adds ``1e-6``-scaled random
+      noise to the densities instead, so its tie-break is irreproducible; ties only occur for duplicate tokens once
+      densities are compared in log space);
+    * centres: the largest ``distance * density``, compared as ``log distance + log density`` (same order).
+    """
+    n = dist.shape[0]
+    c = max(1, min(int(num_clusters), n))
+    log_density = dpc_knn_log_density(dist, c)
+    idx = torch.arange(n, device=dist.device)
+    denser = (log_density[None, :] > log_density[:, None]) | (
+        (log_density[None, :] == log_density[:, None]) & (idx[None, :] < idx[:, None])
+    )
+    parent = dist.masked_fill(~denser, float("inf")).amin(dim=-1)
+    parent = torch.where(torch.isinf(parent), dist.max(), parent)
+    score = parent.log() + log_density  # -inf for a duplicate's parent distance 0, as distance * density = 0
+    return torch.sort(score, descending=True, stable=True).indices[:c]
+
+
 def dpc_knn_merge(x: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseVLM's token recycling: density-peak clustering (DPC-kNN) of ``[N, D]`` tokens, then averaging.
 
-    * distances ``||x_i - x_j|| / sqrt(D)``; local density ``exp(-mean of the squared distances to the
-      num_clusters nearest tokens)`` (the token itself included, as upstream);
-    * each token's distance to the nearest denser token (the densest token gets the largest distance overall);
-      density ties are broken by index (upstream adds random noise instead);
-    * centres: the ``num_clusters`` tokens with the largest ``distance * density``, best first;
-    * every token joins its nearest centre (centres join themselves); merged token = mean of its members.
+    Centres by :func:`dpc_knn_centres` on exact :func:`pairwise_distances`; every token joins its nearest centre
+    (centres join themselves; distance ties -> the better-ranked centre); merged token = mean of its members.
 
     Returns ``(merged [C, D] in x.dtype, centres [C])`` with ``C = min(num_clusters, N)``, in centre-rank order.
     """
     n, d = x.shape
-    c = max(1, min(int(num_clusters), n))
-    xf = x.float()
-    dist = torch.cdist(xf, xf) / d**0.5
-    nearest = torch.topk(dist, k=c, dim=-1, largest=False).values
-    density = (-(nearest**2).mean(dim=-1)).exp()
-    idx = torch.arange(n, device=x.device)
-    denser = (density[None, :] > density[:, None]) | (
-        (density[None, :] == density[:, None]) & (idx[None, :] < idx[:, None])
-    )
-    parent = dist.masked_fill(~denser, float("inf")).amin(dim=-1)
-    parent = torch.where(torch.isinf(parent), dist.max(), parent)
-    centres = rank_indices((parent * density)[None])[0, :c]
+    dist = pairwise_distances(x)
+    centres = dpc_knn_centres(dist, num_clusters)
+    c = centres.numel()
     assign = dist[centres].argmin(dim=0)
     assign[centres] = torch.arange(c, device=x.device)
-    sums = torch.zeros(c, d, dtype=torch.float32, device=x.device).index_add_(0, assign, xf)
+    sums = torch.zeros(c, d, dtype=torch.float32, device=x.device).index_add_(0, assign, x.float())
     counts = torch.bincount(assign, minlength=c).clamp_(min=1).to(torch.float32)
     return (sums / counts[:, None]).to(x.dtype), centres
 
