@@ -38,7 +38,9 @@ shift (0 under ``original`` positions, so generated tokens continue after the or
 
 Trace: after each prefill the engine records one dict per batch row with ``visual_tokens_per_layer`` (valid visual
 tokens in the *input* of every decoder layer, merged tokens included), ``avg_visual_tokens`` (their mean over
-layers) and ``llm_pruning_layers``; the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
+layers), ``llm_pruning_layers`` and ``llm_kept_indices`` (pruning layer, as a string -> the visual tokens entering
+that layer: ascending indices into the row's visual tokens at the LLM input, then one ``-1`` per merged/recycled
+token; ``{}`` for a row without visual tokens); the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
 dict per *input* row (beams / returned sequences collapsed).
 
 Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
@@ -68,6 +70,8 @@ from llava.compression.registry import CompressionConfigError, ModelGeometry
 
 STATE_ATTR = "_vtc_llm_pruning"
 TRACE_ATTR = "llm_compression_trace"
+# trace fields holding kept token indices (pre-LLM and in-LLM): recorded in answers only with --save-kept-tokens
+KEPT_TOKEN_KEYS = ("kept_indices", "llm_kept_indices")
 
 
 # -- state ----------------------------------------------------------------------------------------------------------
@@ -552,6 +556,9 @@ class _PrefillRun:
         self.starts = state.layers if bool(self.visual.any()) else ()
         self.segments: list[_Segment] = []
         self.counts: list[tuple[int, list[int]]] = [(0, self.visual.sum(dim=1).tolist())]
+        # index of each LLM-input token among its row's visual tokens (-1 for the others)
+        self.input_visual_index = torch.where(self.visual, self.visual.long().cumsum(dim=1) - 1, -1)
+        self.kept: list[tuple[int, list[list[int]]]] = []  # (layer, per row: its visual tokens entering layer)
 
     def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
         stage = self.state.layers.index(layer)
@@ -662,6 +669,7 @@ class _PrefillRun:
         self.orig_index = torch.gather(src_orig, 1, index)
         self.valid, self.positions = valid, positions
         self.counts.append((layer, self.visual.sum(dim=1).tolist()))
+        self.kept.append((layer, [self._visual_tokens_of(r) for r in range(b)]))
 
         mask_2d = valid.long()
         self.segments.append(_Segment(start=layer, prompt_mask=mask_2d, shift=shift))
@@ -676,6 +684,13 @@ class _PrefillRun:
         view = _View(mask, self.lm.rotary_emb(new_hidden, position_ids=positions), positions)
         return new_hidden, view
 
+    def _visual_tokens_of(self, row: int) -> list[int]:
+        """The row's current visual tokens as indices into its LLM-input visual tokens, ascending, then one
+        ``-1`` per merged (recycled) token, which sit after the kept ones."""
+        orig = self.orig_index[row, self.visual[row]]
+        kept = self.input_visual_index[row, orig[orig >= 0]].sort().values.tolist()
+        return kept + [-1] * int((orig < 0).sum())
+
     def finish(self) -> None:
         num_layers = self.lm.config.num_hidden_layers
         traces = []
@@ -684,11 +699,14 @@ class _PrefillRun:
             for start, counts in self.counts:
                 for layer in range(start, num_layers):
                     per_layer[layer] = int(counts[r])
+            has_visual = bool(self.input_visual[r].any())
             traces.append(
                 {
                     "visual_tokens_per_layer": per_layer,
                     "avg_visual_tokens": average_tokens(per_layer),
                     "llm_pruning_layers": list(self.state.layers),
+                    # pruning layer -> the visual tokens entering it (LLM-input visual-token indices; -1 = merged)
+                    "llm_kept_indices": {str(layer): rows[r] for layer, rows in self.kept} if has_visual else {},
                     **self.state.config.trace_extras(self.state.geometry),
                 }
             )
