@@ -107,6 +107,7 @@ def _engine_kept(recorder, layers, visual_slots):
         ("pdrop", dict(pdrop_layers="1,3", pdrop_lambda=0.5)),
         ("sparsevlm", dict(sparsevlm_layers="0,2", sparsevlm_counts="200,50", sparsevlm_recycle=False)),
         ("sparsevlm", dict(sparsevlm_layers="0,2", sparsevlm_counts="200,50")),
+        ("ficoco-l", dict(ficoco_start_layer=2, visual_token_num=64)),
     ],
 )
 @torch.inference_mode()
@@ -135,8 +136,10 @@ def test_llm_kept_indices_are_what_the_engine_kept_at_batch_3(loaded, method, kw
         cols = torch.nonzero(ids[r] == model.config.image_token_id).flatten().tolist()
         visual_slots.append([(c, i) for i, c in enumerate(cols)])
     expected = _engine_kept(recorder, layers, visual_slots)
-    got = [res.trace["llm_kept_indices"] for res in results]
-    recycling = method == "sparsevlm" and kwargs.get("sparsevlm_recycle", True)
+    recorded = [res.trace["llm_kept_indices"] for res in results]
+    got = [{k: [max(i, -1) for i in kept] for k, kept in row.items()} for row in recorded]  # merged: -1 - i
+    # SparseVLM's recycled tokens and FiCoCo-L's preserved tokens (it returns them all as merged) are new tokens
+    recycling = method == "ficoco-l" or (method == "sparsevlm" and kwargs.get("sparsevlm_recycle", True))
     if not recycling:
         assert got == expected
     else:
@@ -144,17 +147,21 @@ def test_llm_kept_indices_are_what_the_engine_kept_at_batch_3(loaded, method, kw
         # for a kept one: every recorded token must be matched, and the rest of the matches are such copies
         for row_got, row_expected in zip(got, expected):
             for k, kept in row_got.items():
-                matched, recorded = set(row_expected[k]) - {-1}, set(kept) - {-1}
-                assert recorded <= matched and len(kept) == len(row_expected[k])
-                assert len(matched - recorded) == kept.count(-1) - row_expected[k].count(-1)
+                matched, in_trace = set(row_expected[k]) - {-1}, set(kept) - {-1}
+                assert in_trace <= matched and len(kept) == len(row_expected[k])
+                assert len(matched - in_trace) == kept.count(-1) - row_expected[k].count(-1)
     for res in results:
         counts = res.trace["visual_tokens_per_layer"]
         assert all(len(res.trace["llm_kept_indices"][str(k)]) == counts[k] for k in layers)
+        for kept in res.trace["llm_kept_indices"].values():  # merged tokens stand for one of the image's tokens
+            assert all(-576 - 1 <= i < 576 for i in kept)
     assert any(-1 in kept for row in got for kept in row.values()) == recycling
+    if method == "ficoco-l":  # every token is a preserved token standing at its own place: distinct stand-ins
+        assert all(len(set(kept)) == len(kept) and max(kept) < 0 for row in recorded for kept in row.values())
     # the same rows one at a time record the same tokens (batch 3 == 3 single runs)
     for i in range(3):
         (single,) = generator.generate([MESSAGES[i]], [pixels[i]], GenerationSettings(max_new_tokens=2))
-        assert single.trace["llm_kept_indices"] == got[i]
+        assert single.trace["llm_kept_indices"] == recorded[i]
     # without --save-kept-tokens the indices stay out of the trace (the counts stay)
     quiet = LlavaGenerator(tokenizer, model).generate(MESSAGES[:1], pixels[:1], GenerationSettings(max_new_tokens=1))
     assert "llm_kept_indices" not in quiet[0].trace and "visual_tokens_per_layer" in quiet[0].trace

@@ -39,8 +39,8 @@ shift (0 under ``original`` positions, so generated tokens continue after the or
 Trace: after each prefill the engine records one dict per batch row with ``visual_tokens_per_layer`` (valid visual
 tokens in the *input* of every decoder layer, merged tokens included), ``avg_visual_tokens`` (their mean over
 layers), ``llm_pruning_layers`` and ``llm_kept_indices`` (pruning layer, as a string -> the visual tokens entering
-that layer: ascending indices into the row's visual tokens at the LLM input, then one ``-1`` per merged/recycled
-token; ``{}`` for a row without visual tokens); the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
+that layer: ascending indices ``i`` into the row's visual tokens at the LLM input, then every merged/recycled
+token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens); the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
 dict per *input* row (beams / returned sequences collapsed).
 
 Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
@@ -549,6 +549,9 @@ class _PrefillRun:
             self.prompt &= positions < state.pinned_prompt
         self.input_visual, self.input_prompt = self.visual, self.prompt
         self.orig_index = positions
+        # LLM-input index of the token each current token is or stands for (a merged token: the token whose
+        # position it takes, e.g. SparseVLM's cluster centre or FiCoCo-L's preserved token)
+        self.stand_in = positions
         self.positions = position_ids.expand(b, t)
         self.next_position = self.positions.masked_fill(~self.valid, -1).amax(dim=1) + 1
         self.mode = state.config.position_mode()
@@ -580,6 +583,7 @@ class _PrefillRun:
         b, t, d = hidden.shape
         dev = hidden.device
         rows, merged_rows, merged_pos, kept_sets = [], [], [], []
+        merged_stand_in: list[torch.Tensor | None] = []  # per row: the LLM-input token each merged one stands for
         for r in range(b):
             sel = selections[r]
             vis = step.visual_indices(r)
@@ -589,6 +593,7 @@ class _PrefillRun:
                 kept_sets.append(kept)
                 merged_rows.append(None)
                 merged_pos.append(None)
+                merged_stand_in.append(None)
                 continue
             keep = _check_keep(sel.keep, vis.numel(), self.state.config.name).to(dev)
             keep_mask = self.valid[r] & ~self.visual[r]
@@ -600,6 +605,7 @@ class _PrefillRun:
                 rows.append(kept)
                 merged_rows.append(None)
                 merged_pos.append(None)
+                merged_stand_in.append(None)
                 continue
             anchor = vis[keep][-1] if keep.numel() else vis[-1]
             cut = int((kept <= anchor).sum())
@@ -612,6 +618,7 @@ class _PrefillRun:
             )
             merged_rows.append(sel.merged.to(hidden.dtype))
             merged_pos.append(self.positions[r, source])
+            merged_stand_in.append(self.stand_in[r, source])
 
         # Left-fill every row to the longest one with masked filler: the row's own unused tokens (its padding and
         # dropped tokens, so that keeping everything reproduces the input layout exactly), else a blank slot.
@@ -639,21 +646,25 @@ class _PrefillRun:
 
         src_hidden, src_pos = hidden, self.positions
         src_visual, src_prompt, src_orig = self.visual, self.prompt, self.orig_index
+        src_stand_in = self.stand_in
         extra = max_m + int(need_blank)
         if extra:
             pad = torch.zeros(b, extra, d, dtype=hidden.dtype, device=dev)
             pos_pad = torch.zeros(b, extra, dtype=self.positions.dtype, device=dev)
             flag = torch.zeros(b, extra, dtype=torch.bool, device=dev)
-            for r, (mr, mp) in enumerate(zip(merged_rows, merged_pos)):
+            stand_pad = torch.full_like(pos_pad, -1)
+            for r, (mr, mp, ms) in enumerate(zip(merged_rows, merged_pos, merged_stand_in)):
                 if mr is not None:
                     pad[r, : mr.shape[0]] = mr
                     pos_pad[r, : mp.shape[0]] = mp
+                    stand_pad[r, : ms.shape[0]] = ms
                     flag[r, : mr.shape[0]] = True  # merged tokens are visual prompt tokens
             src_hidden = torch.cat([hidden, pad], dim=1)
             src_pos = torch.cat([self.positions, pos_pad], dim=1)
             src_visual = torch.cat([self.visual, flag], dim=1)
             src_prompt = torch.cat([self.prompt, flag], dim=1)
             src_orig = torch.cat([self.orig_index, torch.full_like(pos_pad, -1)], dim=1)
+            src_stand_in = torch.cat([self.stand_in, stand_pad], dim=1)
 
         new_hidden = torch.gather(src_hidden, 1, index[..., None].expand(-1, -1, d))
         positions = torch.gather(src_pos, 1, index)
@@ -667,6 +678,7 @@ class _PrefillRun:
         self.visual = torch.gather(src_visual, 1, index) & valid
         self.prompt = torch.gather(src_prompt, 1, index) & valid
         self.orig_index = torch.gather(src_orig, 1, index)
+        self.stand_in = torch.gather(src_stand_in, 1, index)
         self.valid, self.positions = valid, positions
         self.counts.append((layer, self.visual.sum(dim=1).tolist()))
         self.kept.append((layer, [self._visual_tokens_of(r) for r in range(b)]))
@@ -685,11 +697,13 @@ class _PrefillRun:
         return new_hidden, view
 
     def _visual_tokens_of(self, row: int) -> list[int]:
-        """The row's current visual tokens as indices into its LLM-input visual tokens, ascending, then one
-        ``-1`` per merged (recycled) token, which sit after the kept ones."""
+        """The row's current visual tokens as indices ``i`` into its LLM-input visual tokens: the unchanged ones
+        ascending, then each merged / recycled token as ``-1 - i``, ``i`` the token whose place it takes."""
         orig = self.orig_index[row, self.visual[row]]
+        stand_in = self.stand_in[row, self.visual[row]]
         kept = self.input_visual_index[row, orig[orig >= 0]].sort().values.tolist()
-        return kept + [-1] * int((orig < 0).sum())
+        merged = (-1 - self.input_visual_index[row, stand_in[orig < 0]]).tolist()
+        return kept + merged
 
     def finish(self) -> None:
         num_layers = self.lm.config.num_hidden_layers
@@ -705,7 +719,7 @@ class _PrefillRun:
                     "visual_tokens_per_layer": per_layer,
                     "avg_visual_tokens": average_tokens(per_layer),
                     "llm_pruning_layers": list(self.state.layers),
-                    # pruning layer -> the visual tokens entering it (LLM-input visual-token indices; -1 = merged)
+                    # pruning layer -> the visual tokens entering it (LLM-input visual-token indices; -1 - i: merged)
                     "llm_kept_indices": {str(layer): rows[r] for layer, rows in self.kept} if has_visual else {},
                     **self.state.config.trace_extras(self.state.geometry),
                 }
