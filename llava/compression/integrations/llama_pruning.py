@@ -561,7 +561,8 @@ class _PrefillRun:
         self.counts: list[tuple[int, list[int]]] = [(0, self.visual.sum(dim=1).tolist())]
         # index of each LLM-input token among its row's visual tokens (-1 for the others)
         self.input_visual_index = torch.where(self.visual, self.visual.long().cumsum(dim=1) - 1, -1)
-        self.kept: list[tuple[int, list[list[int]]]] = []  # (layer, per row: its visual tokens entering layer)
+        # (layer, visual mask, orig_index, stand_in) of the tokens entering each pruning layer (read at finish())
+        self.kept: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
         stage = self.state.layers.index(layer)
@@ -681,7 +682,7 @@ class _PrefillRun:
         self.stand_in = torch.gather(src_stand_in, 1, index)
         self.valid, self.positions = valid, positions
         self.counts.append((layer, self.visual.sum(dim=1).tolist()))
-        self.kept.append((layer, [self._visual_tokens_of(r) for r in range(b)]))
+        self.kept.append((layer, self.visual, self.orig_index, self.stand_in))
 
         mask_2d = valid.long()
         self.segments.append(_Segment(start=layer, prompt_mask=mask_2d, shift=shift))
@@ -696,14 +697,18 @@ class _PrefillRun:
         view = _View(mask, self.lm.rotary_emb(new_hidden, position_ids=positions), positions)
         return new_hidden, view
 
-    def _visual_tokens_of(self, row: int) -> list[int]:
-        """The row's current visual tokens as indices ``i`` into its LLM-input visual tokens: the unchanged ones
-        ascending, then each merged / recycled token as ``-1 - i``, ``i`` the token whose place it takes."""
-        orig = self.orig_index[row, self.visual[row]]
-        stand_in = self.stand_in[row, self.visual[row]]
-        kept = self.input_visual_index[row, orig[orig >= 0]].sort().values.tolist()
-        merged = (-1 - self.input_visual_index[row, stand_in[orig < 0]]).tolist()
-        return kept + merged
+    def _kept_indices(self, row: int) -> dict[str, list[int]]:
+        """Pruning layer -> the row's visual tokens entering it, as indices ``i`` into its LLM-input visual tokens:
+        the unchanged ones ascending, then each merged / recycled token as ``-1 - i``, ``i`` the token whose place
+        it takes. ``{}`` for a row without visual tokens."""
+        if not bool(self.input_visual[row].any()):
+            return {}
+        out = {}
+        for layer, visual, orig_index, stand_in in self.kept:
+            orig, stand = orig_index[row, visual[row]], stand_in[row, visual[row]]
+            kept = self.input_visual_index[row, orig[orig >= 0]].sort().values.tolist()
+            out[str(layer)] = kept + (-1 - self.input_visual_index[row, stand[orig < 0]]).tolist()
+        return out
 
     def finish(self) -> None:
         num_layers = self.lm.config.num_hidden_layers
@@ -713,14 +718,13 @@ class _PrefillRun:
             for start, counts in self.counts:
                 for layer in range(start, num_layers):
                     per_layer[layer] = int(counts[r])
-            has_visual = bool(self.input_visual[r].any())
             traces.append(
                 {
                     "visual_tokens_per_layer": per_layer,
                     "avg_visual_tokens": average_tokens(per_layer),
                     "llm_pruning_layers": list(self.state.layers),
                     # pruning layer -> the visual tokens entering it (LLM-input visual-token indices; -1 - i: merged)
-                    "llm_kept_indices": {str(layer): rows[r] for layer, rows in self.kept} if has_visual else {},
+                    "llm_kept_indices": self._kept_indices(r),
                     **self.state.config.trace_extras(self.state.geometry),
                 }
             )
