@@ -109,6 +109,10 @@ class MethodSpec:
 # field with one of these flags reads the entry point's value; setting it never counts as a foreign flag.
 SHARED_FLAGS = frozenset({"--seed"})
 
+# Flags that give a number of visual tokens to keep. Zero (or less) is refused for every method: "drop every
+# visual token" is not a compression setting any upstream code defines (run the model without the image instead).
+BUDGET_FLAGS = frozenset({"--visual-token-num", "--ficoco-vision-token-num"})
+
 _METHODS: dict[str, MethodSpec] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -159,12 +163,27 @@ def make_config(name: str, geometry: ModelGeometry | None = None, **kwargs: Any)
         raise CompressionConfigError(
             f"method {spec.name!r} takes no argument(s) {unknown}; its arguments are {sorted(valid) or 'none'}"
         )
+    check_budget_flags(spec, given)
     try:
         config = spec.config_cls(**given)
     except (TypeError, ValueError) as err:
         raise CompressionConfigError(f"method {spec.name!r}: {err}") from None
     config.validate(geometry or ModelGeometry())
     return config
+
+
+def check_budget_flags(spec: MethodSpec, values: dict[str, Any]) -> None:
+    """Refuse a budget (a :data:`BUDGET_FLAGS` field) that is an integer ``<= 0``, whatever the method."""
+    for f in dataclasses.fields(spec.config_cls):
+        flag = f.metadata.get("flag")
+        value = values.get(f.name)
+        if flag not in BUDGET_FLAGS or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if value <= 0:
+            raise CompressionConfigError(
+                f"method {spec.name!r}: {flag} must be >= 1 (visual tokens kept), got {value}; a budget of 0 would "
+                "drop every visual token (ask the question without the image instead)"
+            )
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,13 @@ The image is preprocessed exactly as for the model (padded to a square, resized,
 is drawn on it: dropped patches are darkened; for selection methods kept patches are outlined; for merge methods
 (PruMerge, VisionZip, pool) every output token's group of patches gets its own colour and the kept / centre
 patches are outlined.
+
+In-LLM methods (FastV, PyramidDrop, SparseVLM, DART, FiCoCo-L) choose their tokens inside the decoder from a prompt
+(``--question``): the image and question are run through the model once (one generated token) and one panel per
+pruning layer shows the patches entering that layer (the trace's ``llm_kept_indices``); a merged / recycled token
+is drawn as an orange patch at the place it takes (SparseVLM's cluster centre, FiCoCo-L's preserved token).
+Methods that merge in the vision encoder *and* prune in the LLM (``ficoco-vl``) show the encoder's part only, and
+say so.
 """
 
 from __future__ import annotations
@@ -21,22 +28,25 @@ import torch
 
 from llava.compression.registry import (
     CompressionConfigError,
+    Stage,
     add_method_arguments,
     config_from_args,
     get_method,
 )
 
+DEFAULT_QUESTION = "Describe the image in detail."
 
-def load_model_and_processor(model_path: str) -> tuple[Any, Any]:
-    """Load a LLaVA checkpoint of either layout and its LLaVA-1.5 image processor (pad to square).
+
+def load_model_and_processor(model_path: str) -> tuple[Any, Any, Any]:
+    """Load a LLaVA checkpoint of either layout: ``(tokenizer, model, LLaVA-1.5 image processor)``.
 
     The one import from ``llava.model`` in this package, deliberately inside this command-line helper: the
     method library itself never depends on the loader.
     """
     from llava.model.builder import load_pretrained_model
 
-    _, model, processor, _ = load_pretrained_model(model_path, device="cpu", dtype="float32")
-    return model, processor
+    tokenizer, model, processor, _ = load_pretrained_model(model_path, device="cpu", dtype="float32")
+    return tokenizer, model, processor
 
 
 def denormalize(pixel_values: torch.Tensor, mean: Any, std: Any):
@@ -97,6 +107,56 @@ def draw_kept(
     return Image.alpha_composite(base, overlay).convert("RGB")
 
 
+def draw_llm_layers(image: Any, grid: tuple[int, int], layer_kept: dict[str, list[int]], scale: int = 2) -> Any:
+    """One :func:`draw_kept` panel per pruning layer of an in-LLM trace, side by side, each headed by its layer.
+
+    ``layer_kept`` is a trace's ``llm_kept_indices``: layer -> patch indices entering it, merged tokens as ``-1 - i``
+    (drawn as an orange patch ``i``).
+    """
+    from PIL import Image, ImageDraw
+
+    panels = []
+    for layer, kept in layer_kept.items():
+        originals = [i for i in kept if i >= 0]
+        stand_ins = sorted({-1 - i for i in kept if i < 0})
+        panel = draw_kept(image, grid, sorted(set(originals) | set(stand_ins)), scale=scale).convert("RGBA")
+        if stand_ins:
+            overlay = Image.new("RGBA", panel.size, (0, 0, 0, 0))
+            pen = ImageDraw.Draw(overlay)
+            rows, cols = grid
+            ph, pw = panel.size[1] / rows, panel.size[0] / cols
+            for p in stand_ins:
+                r, c = divmod(p, cols)
+                pen.rectangle((c * pw, r * ph, (c + 1) * pw - 1, (r + 1) * ph - 1), fill=(255, 140, 0, 120))
+            panel = Image.alpha_composite(panel, overlay)
+        header = Image.new("RGBA", (panel.size[0], 16), (255, 255, 255, 255))
+        ImageDraw.Draw(header).text(
+            (4, 2), f"layer {layer}: {len(kept)}/{grid[0] * grid[1]} tokens", fill=(0, 0, 0, 255)
+        )
+        framed = Image.new("RGBA", (panel.size[0], panel.size[1] + header.size[1]))
+        framed.paste(header, (0, 0))
+        framed.paste(panel, (0, header.size[1]))
+        panels.append(framed)
+    width = sum(p.size[0] for p in panels)
+    out = Image.new("RGB", (width, max(p.size[1] for p in panels)), (255, 255, 255))
+    x = 0
+    for p in panels:
+        out.paste(p.convert("RGB"), (x, 0))
+        x += p.size[0]
+    return out
+
+
+def in_llm_kept(tokenizer: Any, model: Any, pixel_values: torch.Tensor, question: str) -> dict[str, list[int]]:
+    """The ``llm_kept_indices`` of one image and question, from one generated token through the evaluation path."""
+    from llava.eval.inference import GenerationSettings, LlavaGenerator
+
+    generator = LlavaGenerator(tokenizer, model, save_kept_tokens=True)
+    (result,) = generator.generate(
+        [f"<image>\n{question}"], [pixel_values[0]], GenerationSettings(max_new_tokens=1)
+    )
+    return result.trace.get("llm_kept_indices", {})
+
+
 class CliError(Exception):
     """A user error reported as one line, without a traceback."""
 
@@ -110,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--out", default="kept.png", help="output PNG (default: kept.png)")
     parser.add_argument("--scale", type=int, default=2, help="upscaling of the drawn image (default: 2)")
+    parser.add_argument(
+        "--question",
+        default=DEFAULT_QUESTION,
+        help=f"in-LLM methods: the question their scores read (default: {DEFAULT_QUESTION!r})",
+    )
     add_method_arguments(parser)
     return parser
 
@@ -137,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         from llava.model.builder import read_model_geometry
 
         config = config_from_args(args, read_model_geometry(args.model_path))  # before any weights load
-        model, processor = load_model_and_processor(args.model_path)
+        tokenizer, model, processor = load_model_and_processor(args.model_path)
         vtc.apply(model, config)
         pixel_values = processor(images=image, return_tensors="pt")["pixel_values"].to(model.dtype)
+        stages = get_method(args.method).stages
+        if stages == (Stage.LLM,):
+            return _draw_in_llm(args, config, tokenizer, model, processor, pixel_values)
         with torch.no_grad():
             out = model.model.get_image_features(pixel_values=pixel_values)
         geometry = vtc.model_geometry(model)
@@ -161,9 +229,41 @@ def main(argv: list[str] | None = None) -> int:
     except (CompressionConfigError, CliError, ValueError) as err:  # CheckpointError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
+    note = ""
+    if Stage.LLM in stages:
+        note = " (the encoder's merge only: its in-LLM drops index merged tokens, not patches, and are not drawn)"
     print(
-        f"{config.name}: {visual}/{geometry.num_patches} visual tokens, {len(kept)} kept patches -> {args.out}"
+        f"{config.name}: {visual}/{geometry.num_patches} visual tokens, {len(kept)} kept patches -> {args.out}{note}"
     )
+    return 0
+
+
+def _draw_in_llm(args: argparse.Namespace, config: Any, tokenizer: Any, model: Any, processor: Any, pixel_values) -> int:
+    """Draw an in-LLM method's kept patches, one panel per pruning layer."""
+    import llava.compression as vtc
+
+    geometry = vtc.model_geometry(model)
+    try:
+        layer_kept = in_llm_kept(tokenizer, model, pixel_values, args.question)
+        n = geometry.grid[0] * geometry.grid[1]
+        if not layer_kept or any(i >= n or i < -n for kept in layer_kept.values() for i in kept):
+            raise CliError(
+                f"{config.name}: the trace has no kept patch indices for this image (its visual tokens are not the "
+                f"{geometry.grid[0]}x{geometry.grid[1]} patch grid); cannot draw them"
+            )
+        drawn = draw_llm_layers(
+            denormalize(pixel_values[0], processor.image_mean, processor.image_std),
+            geometry.grid,
+            layer_kept,
+            scale=args.scale,
+        )
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        drawn.save(args.out)
+    except (CompressionConfigError, CliError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    layers = ", ".join(f"layer {k}: {len(v)}/{geometry.num_patches}" for k, v in layer_kept.items())
+    print(f"{config.name}: visual tokens entering each pruning layer: {layers} -> {args.out}")
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from llava.compression.integrations.llama_pruning import KEPT_TOKEN_KEYS
 from llava.conversation import get_conversation
 from llava.mm_utils import tokenizer_image_token
 
@@ -89,7 +90,8 @@ class LlavaGenerator:
     Args:
         tokenizer, model: as returned by :func:`llava.model.builder.load_pretrained_model`.
         conv_mode: conversation template (``vicuna_v1`` for LLaVA-1.5).
-        save_kept_tokens: keep the method's ``kept_indices`` in each sample's trace.
+        save_kept_tokens: keep the kept visual-token indices in each sample's trace (``kept_indices`` of a method
+            before the LLM, ``llm_kept_indices`` of an in-LLM one: pruning layer -> the tokens entering it).
     """
 
     def __init__(self, tokenizer, model, conv_mode: str = "vicuna_v1", save_kept_tokens: bool = False):
@@ -171,7 +173,7 @@ class LlavaGenerator:
         results = []
         for text, trace in zip(texts, traces):
             if not self.save_kept_tokens:
-                trace = {k: v for k, v in trace.items() if k != "kept_indices"}
+                trace = {k: v for k, v in trace.items() if k not in KEPT_TOKEN_KEYS}
             results.append(SampleResult(text.strip(), trace))
         return results
 

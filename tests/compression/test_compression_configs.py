@@ -166,3 +166,42 @@ def test_cli_flags_roundtrip():
         config_from_args(args, LLAVA)
     with pytest.raises(SystemExit):
         parser.parse_args(["--method", "vtc-cls", "--ensemble", "median"])
+
+
+def _budget_fields():
+    """(method, field, flag) for every registered method field that is a visual-token budget."""
+    import dataclasses
+
+    from llava.compression.registry import BUDGET_FLAGS
+
+    found = []
+    for name in available_methods():
+        for f in dataclasses.fields(get_method(name).config_cls):
+            if f.metadata.get("flag") in BUDGET_FLAGS:
+                found.append((name, f.name, f.metadata["flag"]))
+    return found
+
+
+def test_every_budget_flag_rejects_zero_and_negative_budgets():
+    fields = _budget_fields()
+    names = {name for name, _, _ in fields}
+    # the in-LLM methods share --visual-token-num with the pre-LLM ones (FastV accepted 0: "keep nothing")
+    assert {"fastv", "dart", "pdrop", "sparsevlm", "fastervlm", "visionzip"} <= names
+    parser = argparse.ArgumentParser()
+    add_method_arguments(parser)
+    for name, field_name, flag in fields:
+        for bad in (0, -1):
+            with pytest.raises(CompressionConfigError, match=r"must be >= 1"):
+                make_config(name, LLAVA, **{field_name: bad})
+            args = parser.parse_args(["--method", name, flag, str(bad)])
+            with pytest.raises(CompressionConfigError, match=r"must be >= 1"):
+                config_from_args(args, LLAVA)
+
+
+def test_in_llm_budget_zero_is_refused_on_direct_construction_too():
+    from llava.compression.methods.dart import DARTConfig
+    from llava.compression.methods.fastv import FastVConfig
+
+    for cls in (FastVConfig, DARTConfig):
+        with pytest.raises(CompressionConfigError):
+            cls(visual_token_num=0)

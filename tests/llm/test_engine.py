@@ -225,12 +225,12 @@ def test_visual_tokens_found_where_the_image_is(model):
         expected = torch.arange(pad + pre_len, pad + pre_len + NUM_VISUAL) if img else torch.arange(0)
         assert torch.equal(probe.visual[r], expected)
     # through apply(): the LlavaModel pre-hook finds them in input_ids, wherever they are
-    vtc.apply(model, "fastv", fastv_k=1, visual_token_num=0)
+    vtc.apply(model, "fastv", fastv_k=1, visual_token_num=1)
     out = model(input_ids=ids, attention_mask=mask, **kw)
-    # rows are left-filled to the longest pruned row (here row 0: 35 + 12 text tokens)
-    assert out.logits.shape[1] == ids.shape[1] - NUM_VISUAL
+    # rows are left-filled to the longest pruned row (here row 0: 35 + 1 visual + 12 text tokens)
+    assert out.logits.shape[1] == ids.shape[1] - NUM_VISUAL + 1
     assert [t["visual_tokens_per_layer"] for t in model.llm_compression_trace] == [
-        [NUM_VISUAL, 0, 0, 0], [NUM_VISUAL, 0, 0, 0], [0, 0, 0, 0]
+        [NUM_VISUAL, 1, 1, 1], [NUM_VISUAL, 1, 1, 1], [0, 0, 0, 0]
     ]
 
 

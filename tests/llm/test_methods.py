@@ -117,6 +117,47 @@ def test_dpc_knn_merge_finds_two_clusters_and_averages_them():
     assert means == {tuple(a.mean(0).round(decimals=4).tolist()), tuple(b.mean(0).round(decimals=4).tolist())}
 
 
+def _exact_dpc_centres(x: torch.Tensor, c: int) -> tuple[list[int], torch.Tensor]:
+    """Reference DPC-kNN centres in float64 from explicit coordinate differences (density = -mean sq. distance)."""
+    x64 = x.double()
+    n, d = x64.shape
+    dist = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1).sqrt() / d**0.5
+    log_density = -(dist.sort(dim=-1).values[:, :c] ** 2).mean(-1)
+    parent = []
+    for i in range(n):
+        denser = [j for j in range(n) if log_density[j] > log_density[i] or (log_density[j] == log_density[i] and j < i)]
+        parent.append(min(float(dist[i, j]) for j in denser) if denser else float(dist.max()))
+    score = torch.tensor(parent, dtype=torch.float64).log() + log_density
+    return sorted(range(n), key=lambda i: (-float(score[i]), i))[:c], log_density
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 30.0])
+def test_dpc_knn_densities_neither_round_nor_underflow(scale):
+    from llava.compression.llm.selection import dpc_knn_log_density, pairwise_distances
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(24, 64, generator=g) * scale
+    # old densities exp(-mean d^2): all 1.0 in fp32 for tiny activations, all 0.0 for large ones
+    log_density = dpc_knn_log_density(pairwise_distances(x), 3)
+    assert torch.unique(log_density).numel() == 24
+    centres, exact = _exact_dpc_centres(x, 3)
+    assert torch.equal(torch.sort(log_density, stable=True).indices, torch.sort(exact, stable=True).indices)
+    _, got = dpc_knn_merge(x, 3)
+    assert got.tolist() == centres
+
+
+def test_dpc_knn_centres_exact_under_a_large_common_component():
+    g = torch.Generator().manual_seed(4)
+    for trial in range(20):
+        direction = torch.randn(256, generator=g)
+        # token differences of norm ~1.4 on a shared component of norm 1000 (the matrix-multiply path of cdist
+        # reordered the centres in 20 of these 20 trials)
+        x = torch.randn(40, 256, generator=g) * 0.1 + 1000.0 * direction / direction.norm()
+        centres, _ = _exact_dpc_centres(x, 5)
+        _, got = dpc_knn_merge(x, 5)
+        assert got.tolist() == centres, f"trial {trial}"
+
+
 def test_sparsevlm_recycle_counts():
     g = torch.Generator().manual_seed(0)
     x, s = torch.randn(17, 8, generator=g), torch.rand(17, generator=g)
@@ -136,12 +177,68 @@ def test_dart_select_keeps_pivots_and_the_least_similar_tokens():
     norms = torch.tensor([9.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     text_hidden = torch.tensor([[0.0, 1.0], [5.0, 5.0]])
     text_norms = torch.tensor([3.0, 1.0])
-    keep = dart_select(hidden, norms, text_hidden, text_norms, pivot_image=1, pivot_text=1, per_pivot=1)
+    pos, text_pos = torch.arange(6), torch.tensor([6, 7])
+    args = (hidden, norms, pos, text_hidden, text_norms, text_pos)
+    keep = dart_select(*args, pivot_image=1, pivot_text=1, budget=2)
     # pivot 0 (image, [1,0]) claims token 2 ([-1,0], cos -1); text pivot [0,1] then claims token 4 ([0,-1])
     assert keep.tolist() == [0, 2, 4]
-    keep = dart_select(hidden, norms, text_hidden, text_norms, pivot_image=1, pivot_text=1, per_pivot=2)
+    keep = dart_select(*args, pivot_image=1, pivot_text=1, budget=4)
     # image pivot: 2 (cos -1) then 4 (cos 0) / 3 (cos 0): tie -> lower index 3; text pivot: 4 (cos -1), then 1
     assert keep.tolist() == [0, 1, 2, 3, 4]
+
+
+# Three pivots where CPython's set order is not ascending and the greedy claims differ. Visual tokens sit at
+# sequence positions 9..14, text at 15, 16. Image pivots: A (position 9, largest key norm), B (10); text pivot: 16.
+# x1 is the least similar token for both A and the text pivot; whoever claims first gets it.
+DART_HAND = dict(
+    hidden=torch.tensor(
+        [
+            [0.0, 1.0, 0.0],  # A (pivot)
+            [0.0, 0.0, 1.0],  # B (pivot)
+            [-1.0, -1.0, 0.0],  # x1: cos -0.71 with A and with the text pivot
+            [0.0, -0.5, 1.0],  # x2: cos -0.45 with A, 0 with the text pivot
+            [-0.5, 0.0, 1.0],  # x3: cos -0.45 with the text pivot, 0 with A
+            [0.0, 0.0, -1.0],  # x4: cos -1 with B
+        ]
+    ),
+    key_norm=torch.tensor([9.0, 8.0, 1.0, 1.0, 1.0, 1.0]),
+    positions=torch.arange(9, 15),
+    text_hidden=torch.tensor([[0.0, 0.0, 0.5], [1.0, 0.0, 0.0]]),
+    text_key_norm=torch.tensor([1.0, 5.0]),
+    text_positions=torch.tensor([15, 16]),
+)
+
+
+def test_dart_pivot_order_is_cpython_set_order_of_the_sequence_positions():
+    from llava.compression.llm.selection import dart_pivot_order
+
+    assert dart_pivot_order([9, 10], [16], "set") == [16, 9, 10]  # slots 16 % 8 = 0, 1, 2
+    assert dart_pivot_order([9, 10], [16], "ascending") == [9, 10, 16]
+    # 8 pivots: the table grows past 5 entries (to 32 slots) and collisions keep insertion order
+    image, text = [40, 35, 71, 36], [615, 620, 612, 640]
+    assert dart_pivot_order(image, text, "set") == list(set(image + text))
+    assert dart_pivot_order(image, text, "set") == [640, 35, 36, 612, 615, 40, 71, 620]
+
+
+def test_dart_claims_in_upstream_set_order_by_default():
+    keep = dart_select(**DART_HAND, pivot_image=2, pivot_text=1, budget=3)
+    # set order [text, A, B]: the text pivot claims x1, A then x2, B x4
+    assert keep.tolist() == [0, 1, 2, 3, 5]
+    keep = dart_select(**DART_HAND, pivot_image=2, pivot_text=1, budget=3, order="ascending")
+    # ascending [A, B, text]: A claims x1, B x4, the text pivot x3
+    assert keep.tolist() == [0, 1, 2, 4, 5]
+
+
+def test_dart_recomputes_k_when_fewer_text_tokens_than_q_follow_the_image():
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    hidden, norms = torch.randn(n, 8, generator=g), torch.rand(n, generator=g)
+    text_hidden, text_norms = torch.randn(2, 8, generator=g), torch.rand(2, generator=g)
+    args = (hidden, norms, torch.arange(n), text_hidden, text_norms, torch.tensor([n, n + 1]))
+    # p = q = 4 but q' = 2: budget 24 -> k = 24 // 6 = 4, 4 + 6 * 4 = 28 kept (k = 24 // 8 = 3 kept only 22)
+    assert dart_select(*args, pivot_image=4, pivot_text=4, budget=24).numel() == 4 + 6 * 4
+    # budget 36 -> k = 6: 4 + 6 * 6 = 40 = every token (k = 36 // 8 = 4 kept only 28)
+    assert dart_select(*args, pivot_image=4, pivot_text=4, budget=36).numel() == n
 
 
 # -- schedules -------------------------------------------------------------------------------------------------------
@@ -240,6 +337,30 @@ def test_dart_select_on_stub_uses_layer_k_minus_1_keys_and_text_after_the_image(
     (sel,) = cfg.select(step)
     assert sel.keep.tolist() == [0, 2, 4]
     assert cfg.kept_count() == 3
+
+
+@pytest.mark.parametrize("order", ["set", "ascending"])
+def test_dart_select_on_stub_identifies_pivots_by_unpadded_sequence_position(order):
+    """DART_HAND's row after 7 padding tokens: padded positions (16, 17, 23) would give the ascending order."""
+    cfg = make_config(
+        "dart", TINY, dart_k=1, visual_token_num=3, dart_pivot_image=2, dart_pivot_text=1, dart_pivot_order=order
+    )
+    pad, t = 7, 7 + 17
+    visual = _visual(1, t, [(pad + 9, pad + 15)])
+    hidden = torch.zeros(1, t, 3)
+    hidden[0, pad + 9 : pad + 15] = DART_HAND["hidden"]
+    hidden[0, pad + 15 : pad + 17] = DART_HAND["text_hidden"]
+    hidden[0, :pad] = torch.tensor([1.0, 0.0, 0.0])
+    keys = torch.ones(1, 1, t, 3)
+    keys[0, 0, pad + 9 : pad + 15, 0] = DART_HAND["key_norm"] - 2
+    keys[0, 0, pad + 15 : pad + 17, 0] = DART_HAND["text_key_norm"] - 2
+    keys[0, 0, :pad] = 99.0  # padding is never a pivot
+    step = StubStep(1, 0, visual, {}, hidden=hidden, keys=keys)
+    step.valid = torch.arange(t)[None] >= pad
+    step.prompt = step.input_prompt = step.valid
+    (sel,) = cfg.select(step)
+    expected = dart_select(**DART_HAND, pivot_image=2, pivot_text=1, budget=3, order=order)
+    assert sel.keep.tolist() == expected.tolist() == ([0, 1, 2, 3, 5] if order == "set" else [0, 1, 2, 4, 5])
 
 
 # -- configuration: flags, defaults, errors before any model work ---------------------------------------------------

@@ -207,3 +207,15 @@ def test_run_qa_script_chunks_over_visible_gpus_and_merges(ckpt, video_dir, tmp_
     merged = read(out / "merge.jsonl")
     assert [r["id"] for r in merged] == ["v_clip37_0", "v_clip5_1", "v_clip37_2"]
     assert all(r["metadata"]["visual_tokens"] == 128 for r in merged)
+
+
+def test_in_llm_method_records_kept_indices_with_save_kept_tokens(ckpt, video_dir, tmp_path):
+    qf, af = write_qa(tmp_path / "qa", QA[:1])
+    assert run(base_args(ckpt, video_dir, qf, af, tmp_path / "out", "1_0", "--method", "fastv", "--fastv-k", "1",
+                         "--visual-token-num", "512", "--save-kept-tokens")) == 0
+    meta = read(tmp_path / "out" / "1_0.json")[0]["metadata"]
+    kept = meta["llm_kept_indices"]["1"]  # indices into the video's 2056 visual tokens at the LLM input
+    assert len(kept) == 512 and kept == sorted(set(kept)) and 0 <= kept[0] and kept[-1] < 2056
+    assert run(base_args(ckpt, video_dir, qf, af, tmp_path / "quiet", "1_0", "--method", "fastv", "--fastv-k", "1",
+                         "--visual-token-num", "512")) == 0
+    assert "llm_kept_indices" not in read(tmp_path / "quiet" / "1_0.json")[0]["metadata"]

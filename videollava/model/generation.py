@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from llava.compression.integrations.llama_pruning import KEPT_TOKEN_KEYS
 from llava.eval.inference import GenerationSettings, SampleResult, build_generation_config, left_pad
 from llava.mm_utils import tokenizer_image_token
 from videollava.model.builder import suppressed_token_ids
@@ -111,6 +112,6 @@ class VideoLlavaGenerator:
             if text.endswith("</s>"):
                 text = text[: -len("</s>")].strip()
             if not self.save_kept_tokens:
-                trace = {k: v for k, v in trace.items() if k != "kept_indices"}
+                trace = {k: v for k, v in trace.items() if k not in KEPT_TOKEN_KEYS}
             results.append(SampleResult(text, trace))
         return results

@@ -38,7 +38,9 @@ shift (0 under ``original`` positions, so generated tokens continue after the or
 
 Trace: after each prefill the engine records one dict per batch row with ``visual_tokens_per_layer`` (valid visual
 tokens in the *input* of every decoder layer, merged tokens included), ``avg_visual_tokens`` (their mean over
-layers) and ``llm_pruning_layers``; the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
+layers), ``llm_pruning_layers`` and ``llm_kept_indices`` (pruning layer, as a string -> the visual tokens entering
+that layer: ascending indices ``i`` into the row's visual tokens at the LLM input, then every merged/recycled
+token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens); the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
 dict per *input* row (beams / returned sequences collapsed).
 
 Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
@@ -68,6 +70,8 @@ from llava.compression.registry import CompressionConfigError, ModelGeometry
 
 STATE_ATTR = "_vtc_llm_pruning"
 TRACE_ATTR = "llm_compression_trace"
+# trace fields holding kept token indices (pre-LLM and in-LLM): recorded in answers only with --save-kept-tokens
+KEPT_TOKEN_KEYS = ("kept_indices", "llm_kept_indices")
 
 
 # -- state ----------------------------------------------------------------------------------------------------------
@@ -545,6 +549,9 @@ class _PrefillRun:
             self.prompt &= positions < state.pinned_prompt
         self.input_visual, self.input_prompt = self.visual, self.prompt
         self.orig_index = positions
+        # LLM-input index of the token each current token is or stands for (a merged token: the token whose
+        # position it takes, e.g. SparseVLM's cluster centre or FiCoCo-L's preserved token)
+        self.stand_in = positions
         self.positions = position_ids.expand(b, t)
         self.next_position = self.positions.masked_fill(~self.valid, -1).amax(dim=1) + 1
         self.mode = state.config.position_mode()
@@ -552,6 +559,10 @@ class _PrefillRun:
         self.starts = state.layers if bool(self.visual.any()) else ()
         self.segments: list[_Segment] = []
         self.counts: list[tuple[int, list[int]]] = [(0, self.visual.sum(dim=1).tolist())]
+        # index of each LLM-input token among its row's visual tokens (-1 for the others)
+        self.input_visual_index = torch.where(self.visual, self.visual.long().cumsum(dim=1) - 1, -1)
+        # (layer, visual mask, orig_index, stand_in) of the tokens entering each pruning layer (read at finish())
+        self.kept: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
         stage = self.state.layers.index(layer)
@@ -573,6 +584,7 @@ class _PrefillRun:
         b, t, d = hidden.shape
         dev = hidden.device
         rows, merged_rows, merged_pos, kept_sets = [], [], [], []
+        merged_stand_in: list[torch.Tensor | None] = []  # per row: the LLM-input token each merged one stands for
         for r in range(b):
             sel = selections[r]
             vis = step.visual_indices(r)
@@ -582,6 +594,7 @@ class _PrefillRun:
                 kept_sets.append(kept)
                 merged_rows.append(None)
                 merged_pos.append(None)
+                merged_stand_in.append(None)
                 continue
             keep = _check_keep(sel.keep, vis.numel(), self.state.config.name).to(dev)
             keep_mask = self.valid[r] & ~self.visual[r]
@@ -593,6 +606,7 @@ class _PrefillRun:
                 rows.append(kept)
                 merged_rows.append(None)
                 merged_pos.append(None)
+                merged_stand_in.append(None)
                 continue
             anchor = vis[keep][-1] if keep.numel() else vis[-1]
             cut = int((kept <= anchor).sum())
@@ -605,6 +619,7 @@ class _PrefillRun:
             )
             merged_rows.append(sel.merged.to(hidden.dtype))
             merged_pos.append(self.positions[r, source])
+            merged_stand_in.append(self.stand_in[r, source])
 
         # Left-fill every row to the longest one with masked filler: the row's own unused tokens (its padding and
         # dropped tokens, so that keeping everything reproduces the input layout exactly), else a blank slot.
@@ -632,21 +647,25 @@ class _PrefillRun:
 
         src_hidden, src_pos = hidden, self.positions
         src_visual, src_prompt, src_orig = self.visual, self.prompt, self.orig_index
+        src_stand_in = self.stand_in
         extra = max_m + int(need_blank)
         if extra:
             pad = torch.zeros(b, extra, d, dtype=hidden.dtype, device=dev)
             pos_pad = torch.zeros(b, extra, dtype=self.positions.dtype, device=dev)
             flag = torch.zeros(b, extra, dtype=torch.bool, device=dev)
-            for r, (mr, mp) in enumerate(zip(merged_rows, merged_pos)):
+            stand_pad = torch.full_like(pos_pad, -1)
+            for r, (mr, mp, ms) in enumerate(zip(merged_rows, merged_pos, merged_stand_in)):
                 if mr is not None:
                     pad[r, : mr.shape[0]] = mr
                     pos_pad[r, : mp.shape[0]] = mp
+                    stand_pad[r, : ms.shape[0]] = ms
                     flag[r, : mr.shape[0]] = True  # merged tokens are visual prompt tokens
             src_hidden = torch.cat([hidden, pad], dim=1)
             src_pos = torch.cat([self.positions, pos_pad], dim=1)
             src_visual = torch.cat([self.visual, flag], dim=1)
             src_prompt = torch.cat([self.prompt, flag], dim=1)
             src_orig = torch.cat([self.orig_index, torch.full_like(pos_pad, -1)], dim=1)
+            src_stand_in = torch.cat([self.stand_in, stand_pad], dim=1)
 
         new_hidden = torch.gather(src_hidden, 1, index[..., None].expand(-1, -1, d))
         positions = torch.gather(src_pos, 1, index)
@@ -660,8 +679,10 @@ class _PrefillRun:
         self.visual = torch.gather(src_visual, 1, index) & valid
         self.prompt = torch.gather(src_prompt, 1, index) & valid
         self.orig_index = torch.gather(src_orig, 1, index)
+        self.stand_in = torch.gather(src_stand_in, 1, index)
         self.valid, self.positions = valid, positions
         self.counts.append((layer, self.visual.sum(dim=1).tolist()))
+        self.kept.append((layer, self.visual, self.orig_index, self.stand_in))
 
         mask_2d = valid.long()
         self.segments.append(_Segment(start=layer, prompt_mask=mask_2d, shift=shift))
@@ -676,6 +697,19 @@ class _PrefillRun:
         view = _View(mask, self.lm.rotary_emb(new_hidden, position_ids=positions), positions)
         return new_hidden, view
 
+    def _kept_indices(self, row: int) -> dict[str, list[int]]:
+        """Pruning layer -> the row's visual tokens entering it, as indices ``i`` into its LLM-input visual tokens:
+        the unchanged ones ascending, then each merged / recycled token as ``-1 - i``, ``i`` the token whose place
+        it takes. ``{}`` for a row without visual tokens."""
+        if not bool(self.input_visual[row].any()):
+            return {}
+        out = {}
+        for layer, visual, orig_index, stand_in in self.kept:
+            orig, stand = orig_index[row, visual[row]], stand_in[row, visual[row]]
+            kept = self.input_visual_index[row, orig[orig >= 0]].sort().values.tolist()
+            out[str(layer)] = kept + (-1 - self.input_visual_index[row, stand[orig < 0]]).tolist()
+        return out
+
     def finish(self) -> None:
         num_layers = self.lm.config.num_hidden_layers
         traces = []
@@ -689,6 +723,8 @@ class _PrefillRun:
                     "visual_tokens_per_layer": per_layer,
                     "avg_visual_tokens": average_tokens(per_layer),
                     "llm_pruning_layers": list(self.state.layers),
+                    # pruning layer -> the visual tokens entering it (LLM-input visual-token indices; -1 - i: merged)
+                    "llm_kept_indices": self._kept_indices(r),
                     **self.state.config.trace_extras(self.state.geometry),
                 }
             )

@@ -1,11 +1,16 @@
 """DART (arXiv 2502.11494, ZichenWen1/DART): duplication-aware token reduction before decoder layer ``K``.
 
 Pivots: layer ``K-1``'s post-RoPE keys with all key heads concatenated, L1 norm per token; the ``p`` visual tokens
-and the ``q`` prompt text tokens after the image with the largest norms. Every pivot in turn (ascending sequence
-position: image pivots, then text pivots; upstream iterates a Python set) claims the ``k = budget // (p + q)``
-not-yet-claimed, non-pivot visual tokens whose final-norm'd hidden state (output of layer ``K-1`` through the model's
-last RMSNorm) is *least* cosine-similar to the pivot's. Kept: image pivots + claimed tokens, original order, i.e.
-``p + (p + q) k`` tokens (budget 192 / 128 / 64 -> 196 / 132 / 68 with ``p = q = 4``).
+and the ``q`` prompt text tokens after the image with the largest norms. Every pivot in turn claims the
+``k = budget // (p + q)`` not-yet-claimed, non-pivot visual tokens whose final-norm'd hidden state (output of layer
+``K-1`` through the model's last RMSNorm) is *least* cosine-similar to the pivot's. Kept: image pivots + claimed
+tokens, original order, i.e. ``p + (p + q) k`` tokens (budget 192 / 128 / 64 -> 196 / 132 / 68 with ``p = q = 4``).
+
+Claiming is greedy, so the pivots' order matters. ``--dart-pivot-order set`` (default, upstream): the order of
+``list(set(image_pivots + text_pivots))`` with the pivots identified by their positions in the row's prompt
+sequence (padding excluded), as the official code iterates a Python set of sequence indices; ``ascending``: sorted
+sequence positions (image pivots, then text pivots). When fewer than ``q`` text tokens follow the image (upstream
+fails there), ``k`` is recomputed for the pivots that exist, ``budget // (p + q')``.
 
 Defaults: ``K = 2`` (``--dart-k``), budget ``--visual-token-num 128`` (``max_num_trunction``), ``p = q = 4``
 (``--dart-pivot-image`` / ``--dart-pivot-text``). Needs keys and hidden states only; positions original (static
@@ -17,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
+
 from llava.compression.llm.base import (
     LLMPruningMethod,
     PruneStep,
@@ -27,8 +34,8 @@ from llava.compression.llm.base import (
     positions_option,
 )
 from llava.compression.llm.scoring import key_l1_norm
-from llava.compression.llm.selection import dart_select
-from llava.compression.pre_llm import check_int
+from llava.compression.llm.selection import DART_PIVOT_ORDERS, dart_select
+from llava.compression.pre_llm import check_choice, check_int
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -51,6 +58,13 @@ class DARTConfig(LLMPruningMethod):
         4, "--dart-pivot-image", "DART: pivot visual tokens p (largest key L1 norm)"
     )
     dart_pivot_text: int = option(4, "--dart-pivot-text", "DART: pivot text tokens q after the image")
+    dart_pivot_order: str = option(
+        "set",
+        "--dart-pivot-order",
+        "DART: order in which pivots claim tokens: 'set' (upstream: iteration order of a Python set of their "
+        "sequence positions) or 'ascending' (sequence order)",
+        choices=DART_PIVOT_ORDERS,
+    )
     llm_positions: str = positions_option("original")
 
     def __post_init__(self) -> None:
@@ -62,7 +76,8 @@ class DARTConfig(LLMPruningMethod):
                 "dart: at least one pivot (--dart-pivot-image / --dart-pivot-text) is needed"
             )
         if self.visual_token_num is not None:
-            check_int("--visual-token-num", self.visual_token_num, 0)
+            check_int("--visual-token-num", self.visual_token_num, 1)
+        check_choice("--dart-pivot-order", self.dart_pivot_order, DART_PIVOT_ORDERS)
         check_positions(self.llm_positions)
 
     @property
@@ -74,7 +89,7 @@ class DARTConfig(LLMPruningMethod):
         return self.budget // (self.dart_pivot_image + self.dart_pivot_text)
 
     def kept_count(self) -> int:
-        """Tokens kept when the image has enough of them: ``p + (p + q) k``."""
+        """Tokens kept when the image has enough of them and ``q`` text tokens follow it: ``p + (p + q) k``."""
         return self.dart_pivot_image + (self.dart_pivot_image + self.dart_pivot_text) * self.per_pivot
 
     def validate(self, geometry: ModelGeometry) -> None:
@@ -101,16 +116,20 @@ class DARTConfig(LLMPruningMethod):
                 continue
             text = step.text_after_visual(r)
             norms = key_l1_norm(keys[r])
-            hidden = step.final_norm(step.hidden[r, vis])
-            text_hidden = step.final_norm(step.hidden[r, text])
+            # position of each current token in the row's prompt sequence (padding excluded): upstream's pivot ids
+            sequence_position = torch.cumsum(step.input_prompt[r].long(), 0) - 1
+            position = sequence_position[step.orig_index[r].clamp(min=0)]
             keep = dart_select(
-                hidden,
+                step.final_norm(step.hidden[r, vis]),
                 norms[vis],
-                text_hidden,
+                position[vis],
+                step.final_norm(step.hidden[r, text]),
                 norms[text],
+                position[text],
                 self.dart_pivot_image,
                 self.dart_pivot_text,
-                self.per_pivot,
+                self.budget,
+                self.dart_pivot_order,
             )
             out.append(RowSelection(keep=keep))
         return out

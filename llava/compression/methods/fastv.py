@@ -65,7 +65,7 @@ class FastVConfig(LLMPruningMethod):
                     f"--fastv-r is the fraction dropped and must be in [0, 1), got {self.fastv_r}"
                 )
         if self.visual_token_num is not None:
-            check_int("--visual-token-num", self.visual_token_num, 0)
+            check_int("--visual-token-num", self.visual_token_num, 1)
 
     @property
     def ratio(self) -> float:
@@ -74,7 +74,7 @@ class FastVConfig(LLMPruningMethod):
     def validate(self, geometry: ModelGeometry) -> None:
         self.prune_layers(geometry)
         if self.visual_token_num is not None:
-            check_budget(self.visual_token_num, geometry, low=0)
+            check_budget(self.visual_token_num, geometry)
 
     def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return check_layers("--fastv-k", (self.fastv_k,), geometry)

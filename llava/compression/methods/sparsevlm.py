@@ -15,7 +15,11 @@ pruning layers, text raters, token recycling, compacted positions. v1.0's rank-a
   (default 192).
 * Recycling (``--sparsevlm-recycle``, on): of the pruned tokens, the top ``int(0.3 P) + 1`` by score are clustered
   with DPC-kNN into ``int(that / 10) + 1`` clusters; the cluster means (of layer ``l``'s outputs) are inserted right
-  after the kept visual tokens and count as visual tokens from then on (the trace includes them).
+  after the kept visual tokens and count as visual tokens from then on (the trace includes them). Numerics differ
+  from upstream where upstream's are accidents (``llava.compression.llm.selection.dpc_knn_centres``): distances are
+  exact (float64 coordinate differences, not ``cdist``'s matrix-multiply shortcut), densities are compared in log
+  space (upstream's ``exp`` rounds to 1 or underflows to 0, making every density a tie), and density ties (duplicate
+  tokens only) go to the lower index where upstream adds random noise.
 * Positions: ``compact`` by default (upstream renumbers after each drop; its decode quirk of per-layer cache-length
   positions is the same thing); ``--llm-positions original`` keeps positions (merged tokens take their cluster
   centre's).
