@@ -16,6 +16,7 @@ import sys
 
 from llava.model.builder import load_pretrained_model
 from llava.model.original_layout import CheckpointError
+from llava.model.sentencepiece_tokenizer import LlamaSentencePieceTokenizer, fast_tokenizer_from_sentencepiece
 
 
 def convert(src: str, dst: str, vision_tower: str | None = None, dtype: str = "float16") -> str:
@@ -24,6 +25,11 @@ def convert(src: str, dst: str, vision_tower: str | None = None, dtype: str = "f
     if os.path.isdir(dst) and os.listdir(dst):
         raise CheckpointError(f"{dst} exists and is not empty; choose a new folder")
     tokenizer, model, image_processor, _ = load_pretrained_model(src, device="cpu", dtype=dtype, vision_tower=vision_tower)
+    if isinstance(tokenizer, LlamaSentencePieceTokenizer):  # original layout: llava-hf ships a tokenizer.json
+        tokenizer = fast_tokenizer_from_sentencepiece(
+            tokenizer.vocab_file, legacy=tokenizer.legacy, add_bos_token=tokenizer.add_bos_token,
+            add_eos_token=tokenizer.add_eos_token, model_max_length=tokenizer.model_max_length,
+        )
     vocab = tokenizer.get_vocab()
     if "<image>" not in vocab:
         tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
