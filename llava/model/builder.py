@@ -24,6 +24,7 @@ from llava.model.original_layout import (
     read_config,
     read_weights,
     resolve_vision_tower,
+    weight_files,
 )
 from llava.model.sentencepiece_tokenizer import has_sentencepiece_only
 
@@ -114,17 +115,19 @@ def load_pretrained_model(
             "(the research repos' merge_lora_weights script) and load the merged folder"
         )
 
+    tokenizer = load_tokenizer(model_path, model_base)  # before the weights: a missing file fails fast
     if layout == "hf":
         if model_base is not None:
             raise CheckpointError("--model-base is only used with original-layout checkpoints that store part of the weights")
         tower_path = None
         aspect = "pad"
+        weight_files(model_path)  # a missing, empty, truncated or damaged weight file is named before loading
         try:
             model, info = LlavaForConditionalGeneration.from_pretrained(
                 model_path, output_loading_info=True, **load_kwargs
             )
-        except (RuntimeError, ValueError, OSError) as err:
-            raise CheckpointError(f"cannot load the llava-hf checkpoint in {model_path}: {err}") from None
+        except Exception as err:  # e.g. SafetensorError: one line naming the folder, never a traceback
+            raise CheckpointError(f"cannot load the llava-hf checkpoint in {model_path}: {_one_line(err)}") from None
         _check_loading_info(info, model_path)
         image_size = model.config.vision_config.image_size
         processor_cfg = _read_json(os.path.join(model_path, "preprocessor_config.json"))
@@ -149,7 +152,6 @@ def load_pretrained_model(
 
     model.eval()
     model.llava_load_info = LoadedInfo(layout, model_path, tower_path, aspect)
-    tokenizer = load_tokenizer(model_path, model_base)
     _check_special_tokens(tokenizer, model.config, model_path)
     image_processor = build_image_processor(
         image_size=image_size,
@@ -184,8 +186,9 @@ def load_tokenizer(model_path: str, model_base: str | None = None):
     folder = next((f for f in folders if any(os.path.isfile(os.path.join(f, name)) for name in TOKENIZER_FILES)), None)
     if folder is None:
         raise CheckpointError(
-            f"no tokenizer in {' or '.join(folders)}: expected tokenizer.json (llava-hf layout) or tokenizer.model "
-            "(original layout); copy the tokenizer files of the checkpoint's release into the folder"
+            f"no tokenizer file in {' or '.join(folders)}: {os.path.join(model_path, 'tokenizer.json')} (llava-hf "
+            "layout) or tokenizer.model (original layout) is missing; copy the tokenizer files of the checkpoint's "
+            "release into the folder"
         )
     if has_sentencepiece_only(folder):
         tok = load_sentencepiece_tokenizer(folder)
@@ -206,6 +209,8 @@ def _load_fast_tokenizer(folder: str):
     from transformers import AutoTokenizer, LlamaConfig
 
     path = os.path.join(folder, "tokenizer.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        _read_json(os.path.join(folder, name))  # a damaged file is named
     try:
         # an explicit config keeps AutoTokenizer from parsing an original-layout config.json
         return AutoTokenizer.from_pretrained(folder, use_fast=True, config=LlamaConfig())
