@@ -426,3 +426,23 @@ def test_error_for_tower_weights_without_a_place(ckpts, tmp_path):
     torch.save(sd, weights)
     with pytest.raises(CheckpointError, match=r"tower weights that the model has no place for: .*lora_A"):
         _load(str(copy))
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "damaged header", "empty"])
+def test_error_for_damaged_weight_file_names_it(ckpts, tmp_path, how):
+    from tests.model.test_checkpoint_errors import PROBLEM_WORDS, corrupt
+
+    hf = shutil.copytree(ckpts["hf"], str(tmp_path / "hf"))
+    path = corrupt(os.path.join(hf, "model.safetensors"), how)
+    with pytest.raises(CheckpointError) as exc:
+        _load(hf)
+    assert path in str(exc.value) and PROBLEM_WORDS[how] in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("layout,name", [("hf", "tokenizer.json"), ("original", "tokenizer.model")])
+def test_error_for_missing_tokenizer_file_names_it(ckpts, tmp_path, layout, name):
+    ckpt = shutil.copytree(ckpts[layout], str(tmp_path / layout))
+    os.remove(os.path.join(ckpt, name))
+    with pytest.raises(CheckpointError, match=f"{name}.*missing") as exc:
+        _load(ckpt)
+    assert "do not belong together" not in str(exc.value)
