@@ -3,8 +3,9 @@
     python -m llava.model.convert SRC DST [--vision-tower CLIP_DIR] [--dtype float16]
 
 SRC may be either layout. DST gets the llava-hf layout: ``LlavaForConditionalGeneration`` weights and
-config, the tokenizer with ``<image>`` and ``<pad>`` added (ids V and V + 1, as llava-hf has them) and
-the LLaVA-1.5 preprocessing config.
+config, the tokenizer with ``<image>`` and ``<pad>`` added (ids V and V + 1, as llava-hf has them; from an
+original layout's ``tokenizer.model`` with the merges ordered by score), the LLaVA-1.5 preprocessing config and the
+``processor_config.json`` that ``AutoProcessor`` needs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def convert(src: str, dst: str, vision_tower: str | None = None, dtype: str = "f
     config["image_processor_type"] = "LlavaImageProcessor"
     with open(os.path.join(dst, "preprocessor_config.json"), "w") as f:
         json.dump(config, f, indent=2)
+    vision = model.config.vision_config
+    strategy = model.config.vision_feature_select_strategy
+    with open(os.path.join(dst, "processor_config.json"), "w") as f:  # what AutoProcessor needs
+        json.dump({"processor_class": "LlavaProcessor", "image_token": "<image>", "patch_size": vision.patch_size,
+                   "vision_feature_select_strategy": strategy, "num_additional_image_tokens": 1}, f, indent=2)
     return dst
 
 

@@ -254,6 +254,17 @@ def preprocessor_config(image_size: int) -> dict:
     }
 
 
+def processor_config(patch_size: int) -> dict:
+    """llava-hf's ``processor_config.json``: what ``AutoProcessor`` needs to expand ``<image>`` to 576 tokens."""
+    return {
+        "processor_class": "LlavaProcessor",
+        "image_token": DEFAULT_IMAGE_TOKEN,
+        "patch_size": patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,
+    }
+
+
 def write_json(path: str, obj: dict) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
@@ -285,6 +296,7 @@ def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
     tok = add_llava_tokens(build_base_tokenizer(g.base_vocab))
     tok.save_pretrained(out)
     write_json(os.path.join(out, "preprocessor_config.json"), preprocessor_config(g.image_size))
+    write_json(os.path.join(out, "processor_config.json"), processor_config(g.patch_size))
     write_json(
         os.path.join(out, "generation_config.json"),
         {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": g.base_vocab + 1},
