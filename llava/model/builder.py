@@ -185,10 +185,12 @@ def load_tokenizer(model_path: str, model_base: str | None = None):
     folders = [model_path] + ([model_base] if model_base else [])
     folder = next((f for f in folders if any(os.path.isfile(os.path.join(f, name)) for name in TOKENIZER_FILES)), None)
     if folder is None:
+        projector_only = model_base is None and os.path.isfile(os.path.join(model_path, "mm_projector.bin"))
         raise CheckpointError(
             f"no tokenizer file in {' or '.join(folders)}: {os.path.join(model_path, 'tokenizer.json')} (llava-hf "
-            "layout) or tokenizer.model (original layout) is missing; copy the tokenizer files of the checkpoint's "
-            "release into the folder"
+            "layout) or tokenizer.model (original layout) is missing; "
+            + ("this projector-only checkpoint needs --model-base, the full model it was trained on" if projector_only
+               else "copy the tokenizer files of the checkpoint's release into the folder")
         )
     if has_sentencepiece_only(folder):
         tok = load_sentencepiece_tokenizer(folder)
