@@ -98,8 +98,9 @@ def load_pretrained_model(
         token; ``model`` is in eval mode with ``model.llava_load_info`` describing what was loaded.
 
     Raises:
-        CheckpointError: a folder that is neither layout, a missing vision tower or weight file, or a
-            weight whose shape does not match the config (the message names the file and the expectation).
+        CheckpointError: a folder that is neither layout, a missing vision tower, weight or tokenizer file, an
+            empty, truncated or damaged weight or tokenizer file, or a weight whose shape does not match the config
+            (one line naming the file and the problem).
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -175,6 +176,9 @@ def _read_json(path: str) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
 def load_tokenizer(model_path: str, model_base: str | None = None):
     """The checkpoint's tokenizer (or the base model's), padding on the left, with a pad token (unk if none).
 
@@ -202,9 +206,6 @@ def load_tokenizer(model_path: str, model_base: str | None = None):
         tok.pad_token = tok.unk_token  # LLaVA's convention for LLaMA tokenizers
     tok.padding_side = "left"
     return tok
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def _load_fast_tokenizer(folder: str):

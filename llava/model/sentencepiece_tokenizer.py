@@ -103,17 +103,17 @@ class LlamaSentencePieceTokenizer(SentencePieceBackend):
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         """SentencePiece's decode of each run of ordinary pieces; special tokens verbatim between them."""
         specials = set(self.all_special_tokens) | set(self._added_tokens_encoder)
-        out, run, first_run = "", [], True
-        for token in tokens:
+        out, run, first_run, previous_special = "", [], True, False
+        for i, token in enumerate(tokens):
             if token in specials:
-                out += self._decode_run(run, first_run)
+                if self.legacy and i > 0 and not previous_special:
+                    out += " "  # transformers 4.x's legacy spacing before a special token
+                out += self._decode_run(run, first_run) + token
                 first_run = first_run and not run
-                if self.legacy and out and not out.endswith(" "):
-                    out += " "
-                out += token
-                run = []
+                run, previous_special = [], True
             else:
                 run.append(token)
+                previous_special = False
         return out + self._decode_run(run, first_run)
 
     def _decode_run(self, pieces: list[str], first: bool) -> str:
