@@ -24,7 +24,9 @@ from llava.model.original_layout import (
     read_config,
     read_weights,
     resolve_vision_tower,
+    weight_files,
 )
+from llava.model.sentencepiece_tokenizer import has_sentencepiece_only
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,9 @@ def load_pretrained_model(
         token; ``model`` is in eval mode with ``model.llava_load_info`` describing what was loaded.
 
     Raises:
-        CheckpointError: a folder that is neither layout, a missing vision tower or weight file, or a
-            weight whose shape does not match the config (the message names the file and the expectation).
+        CheckpointError: a folder that is neither layout, a missing vision tower, weight or tokenizer file, an
+            empty, truncated or damaged weight or tokenizer file, or a weight whose shape does not match the config
+            (one line naming the file and the problem).
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -113,17 +116,19 @@ def load_pretrained_model(
             "(the research repos' merge_lora_weights script) and load the merged folder"
         )
 
+    tokenizer = load_tokenizer(model_path, model_base)  # before the weights: a missing file fails fast
     if layout == "hf":
         if model_base is not None:
             raise CheckpointError("--model-base is only used with original-layout checkpoints that store part of the weights")
         tower_path = None
         aspect = "pad"
+        weight_files(model_path)  # a missing, empty, truncated or damaged weight file is named before loading
         try:
             model, info = LlavaForConditionalGeneration.from_pretrained(
                 model_path, output_loading_info=True, **load_kwargs
             )
-        except (RuntimeError, ValueError, OSError) as err:
-            raise CheckpointError(f"cannot load the llava-hf checkpoint in {model_path}: {err}") from None
+        except Exception as err:  # e.g. SafetensorError: one line naming the folder, never a traceback
+            raise CheckpointError(f"cannot load the llava-hf checkpoint in {model_path}: {_one_line(err)}") from None
         _check_loading_info(info, model_path)
         image_size = model.config.vision_config.image_size
         processor_cfg = _read_json(os.path.join(model_path, "preprocessor_config.json"))
@@ -148,7 +153,6 @@ def load_pretrained_model(
 
     model.eval()
     model.llava_load_info = LoadedInfo(layout, model_path, tower_path, aspect)
-    tokenizer = load_tokenizer(model_path, model_base)
     _check_special_tokens(tokenizer, model.config, model_path)
     image_processor = build_image_processor(
         image_size=image_size,
@@ -165,33 +169,96 @@ def _read_json(path: str) -> dict:
 
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def load_tokenizer(model_path: str, model_base: str | None = None):
-    """The checkpoint's tokenizer (or the base model's), padding on the left, with a pad token (unk if none)."""
-    from transformers import AutoTokenizer, LlamaConfig
+    """The checkpoint's tokenizer (or the base model's), padding on the left, with a pad token (unk if none).
 
-    last_error = None
-    for folder in [model_path] + ([model_base] if model_base else []):
-        try:
-            # an explicit config keeps AutoTokenizer from parsing an original-layout config.json
-            tok = AutoTokenizer.from_pretrained(folder, use_fast=True, config=LlamaConfig())
-            break
-        except (OSError, ValueError) as err:
-            last_error = err
-    else:
+    ``tokenizer.json`` (llava-hf layout): transformers' fast tokenizer, as the hub ships it. ``tokenizer.model``
+    only (original LLaVA / Video-LLaVA layout): LLaMA's SentencePiece tokenizer with the checkpoint's ``legacy``
+    handling, exactly as the original code's slow ``LlamaTokenizer`` (see :mod:`llava.model.sentencepiece_tokenizer`).
+    """
+    folders = [model_path] + ([model_base] if model_base else [])
+    folder = next((f for f in folders if any(os.path.isfile(os.path.join(f, name)) for name in TOKENIZER_FILES)), None)
+    if folder is None:
+        projector_only = model_base is None and os.path.isfile(os.path.join(model_path, "mm_projector.bin"))
         raise CheckpointError(
-            f"no tokenizer in {model_path}" + (f" or {model_base}" if model_base else "")
-            + f" (expected tokenizer.json or tokenizer.model): {last_error}"
+            f"no tokenizer file in {' or '.join(folders)}: {os.path.join(model_path, 'tokenizer.json')} (llava-hf "
+            "layout) or tokenizer.model (original layout) is missing; "
+            + ("this projector-only checkpoint needs --model-base, the full model it was trained on" if projector_only
+               else "copy the tokenizer files of the checkpoint's release into the folder")
         )
+    if has_sentencepiece_only(folder):
+        tok = load_sentencepiece_tokenizer(folder)
+    else:
+        tok = _load_fast_tokenizer(folder)
     if tok.bos_token_id is None:
-        raise CheckpointError(f"the tokenizer in {model_path} has no BOS token; LLaVA-1.5 prompts start with <s>")
+        raise CheckpointError(f"the tokenizer in {folder} has no BOS token; LLaVA-1.5 prompts start with <s>")
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token  # LLaVA's convention for LLaMA tokenizers
     tok.padding_side = "left"
     return tok
+
+
+def _load_fast_tokenizer(folder: str):
+    from transformers import AutoTokenizer, LlamaConfig
+
+    path = os.path.join(folder, "tokenizer.json")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        _read_json(os.path.join(folder, name))  # a damaged file is named
+    try:
+        # an explicit config keeps AutoTokenizer from parsing an original-layout config.json
+        return AutoTokenizer.from_pretrained(folder, use_fast=True, config=LlamaConfig())
+    except Exception as err:  # a damaged tokenizer.json / tokenizer_config.json: name it, never a traceback
+        raise CheckpointError(
+            f"cannot read the tokenizer in {folder} ({path}): {_one_line(err)}; the file is damaged or incomplete, "
+            "copy it again from the checkpoint's release"
+        ) from None
+
+
+def load_sentencepiece_tokenizer(folder: str):
+    """:class:`~llava.model.sentencepiece_tokenizer.LlamaSentencePieceTokenizer` of ``folder/tokenizer.model`` with
+    the settings of ``tokenizer_config.json`` (``legacy`` absent means ``True``, as transformers 4.x read it)."""
+    from llava.model.sentencepiece_tokenizer import LlamaSentencePieceTokenizer
+
+    settings = _read_json(os.path.join(folder, "tokenizer_config.json"))
+    special = {name: _token_text(settings[name]) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+               if settings.get(name) is not None}
+    path = os.path.join(folder, "tokenizer.model")
+    try:
+        tok = LlamaSentencePieceTokenizer(
+            vocab_file=path,
+            legacy=settings.get("legacy") is not False,
+            add_bos_token=bool(settings.get("add_bos_token", True)),
+            add_eos_token=bool(settings.get("add_eos_token", False)),
+            clean_up_tokenization_spaces=bool(settings.get("clean_up_tokenization_spaces", False)),
+            **special,
+        )
+    except Exception as err:  # sentencepiece reports a damaged model file as RuntimeError / OSError
+        raise CheckpointError(
+            f"cannot read the SentencePiece tokenizer {path}: {_one_line(err)}; the file is damaged or incomplete, "
+            "copy it again from the checkpoint's release"
+        ) from None
+    if settings.get("model_max_length"):
+        tok.model_max_length = int(settings["model_max_length"])
+    return tok
+
+
+def _token_text(value) -> str:
+    """A special token of ``tokenizer_config.json``: a string or a serialized ``AddedToken``."""
+    return value["content"] if isinstance(value, dict) else str(value)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _check_special_tokens(tokenizer, config, model_path: str) -> None:

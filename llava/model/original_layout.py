@@ -158,15 +158,18 @@ def build_llava_config(config: dict, vision_tower_path: str):
     return llava
 
 
-def read_weights(folder: str) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder: sharded or single, ``.safetensors`` or ``.bin``."""
-    from safetensors.torch import load_file
-
+def weight_files(folder: str) -> list[str]:
+    """The weight files of a checkpoint folder (sharded or single, ``.safetensors`` or ``.bin``), as paths."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = os.path.join(folder, index_name)
         if os.path.isfile(index):
-            with open(index) as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
+            try:
+                with open(index) as f:
+                    files = sorted(set(json.load(f)["weight_map"].values()))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise CheckpointError(
+                    f"{index} is damaged (expected JSON with a 'weight_map' of tensor names to files): {err}"
+                ) from None
             break
     else:
         files = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(folder, n))]
@@ -178,18 +181,62 @@ def read_weights(folder: str) -> dict[str, torch.Tensor]:
             f"no weights in {folder}: expected model.safetensors, pytorch_model.bin, or a sharded checkpoint "
             "with model.safetensors.index.json / pytorch_model.bin.index.json"
         )
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        path = os.path.join(folder, name)
+    paths = [os.path.join(folder, name) for name in files]
+    for path in paths:
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} is listed in the checkpoint index but missing")
+        check_weight_file(path)
+    return paths
+
+
+def check_weight_file(path: str) -> None:
+    """Reject an empty file, or a ``.safetensors`` file whose header is damaged or whose data is cut short, with
+    one message that names the file and the problem (reading only the header)."""
+    size = os.path.getsize(path)
+    fix = "download or copy it again"
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes); {fix}")
+    if not path.endswith(".safetensors"):
+        return
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        if header_len is None or header_len > size - 8:
+            raise CheckpointError(
+                f"{path} is not a complete safetensors file: its first 8 bytes give a header of "
+                f"{header_len if header_len is not None else '?'} bytes but the file has {size}; it is truncated or "
+                f"not a safetensors file; {fix}"
+            )
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+        data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{path} has a damaged safetensors header ({err}); {fix}") from None
+    if 8 + header_len + data_end > size:
+        raise CheckpointError(
+            f"{path} is truncated: its header describes {data_end} bytes of tensor data but the file holds "
+            f"{size - 8 - header_len}; {fix}"
+        )
+
+
+def read_weights(folder: str) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder: sharded or single, ``.safetensors`` or ``.bin``."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
         try:
-            if name.endswith(".safetensors"):
+            if path.endswith(".safetensors"):
                 state.update(load_file(path))
             else:
                 state.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
         except Exception as err:  # corrupt or truncated weight file
-            raise CheckpointError(f"cannot read weights from {path}: {err}") from None
+            message = " ".join(str(err).split()) or type(err).__name__
+            raise CheckpointError(
+                f"cannot read weights from {path}: {message}; the file is damaged or incomplete, download or copy "
+                "it again"
+            ) from None
     return state
 
 

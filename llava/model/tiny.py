@@ -11,9 +11,10 @@ Layouts (both load with :func:`llava.model.builder.load_pretrained_model`):
 
 * ``hf``: the llava-hf hub layout (``LlavaForConditionalGeneration`` config; weights keyed
   ``language_model.model.*``, ``vision_tower.vision_model.*``, ``multi_modal_projector.*``);
-  tokenizer with ``<image>`` and ``<pad>`` added; embeddings padded to a multiple of 64.
+  ``tokenizer.json`` built from the same SentencePiece model (merges ordered by score, as llava-hf's) with
+  ``<image>`` and ``<pad>`` added; embeddings padded to a multiple of 64.
 * ``original``: the ``liuhaotian/llava-v1.5-*`` layout (``LlavaLlamaForCausalLM`` config with
-  ``mm_*`` fields, sharded ``pytorch_model-*.bin``, no ``<image>`` token in the tokenizer) plus the
+  ``mm_*`` fields, sharded ``pytorch_model-*.bin``, a SentencePiece ``tokenizer.model`` without ``<image>``) plus the
   CLIP tower as a separate CLIP folder named by ``mm_vision_tower`` (here a sub-folder).
 
 The same seed gives the same weights, and both layouts of one seed load to identical logits: the
@@ -24,6 +25,7 @@ fills in for an original checkpoint.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -64,35 +66,98 @@ _CORPUS = [
     "Context: Options: Question: Which of these states is farthest north? a red circle, a blue square.",
     "When the provided information is insufficient, respond with 'Unanswerable'.",
     "0 1 2 3 4 5 6 7 8 9 10 yes no left right top bottom green yellow white black person table",
+    # runs of spaces and indentation, so that whitespace-only pieces are learned (as LLaMA has them)
+    "The image shows a cat.  It sits on a table.   Two or three spaces between sentences.",
+    "    if the answer is yes:  return the letter",
+    "        else:    return  the  option  in  the  image",
 ] + [t.system for t in conv_templates.values()] + ["USER: ASSISTANT: </s>"]
 
 
-def build_base_tokenizer(vocab_size: int = TINY.base_vocab):
-    """A small byte-fallback BPE ``LlamaTokenizer`` trained offline (ids 0/1/2 = <unk>/<s>/</s>)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaTokenizer
+# LLaMA scores its whitespace-only pieces (``▁▁`` = 259, ``▁▁▁▁``, ...) lowest, so SentencePiece merges them last
+WHITESPACE_PIECE_SCORE = -1e9
+_UNUSED_PIECE_TYPE = 5  # sentencepiece_model.proto: ModelProto.SentencePiece.Type.UNUSED
 
-    specials = ["<unk>", "<s>", "</s>"]
-    bytes_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials + bytes_tokens, show_progress=False, min_frequency=1
+
+@functools.lru_cache(maxsize=4)
+def train_sentencepiece_model(vocab_size: int = TINY.base_vocab) -> bytes:
+    """A LLaMA-like SentencePiece BPE ``tokenizer.model`` (serialized), trained offline on a few prompts in a second.
+
+    As LLaMA's: ids 0/1/2 = ``<unk>``/``<s>``/``</s>``, byte fallback (ids 3..258 = ``<0x00>``..``<0xFF>``; a newline
+    is ``<0x0A>``), digits split, identity normalisation with the dummy prefix and no whitespace folding, and
+    whitespace-only pieces that score lowest. Unused pieces fill the vocabulary up to ``vocab_size``.
+    """
+    import io
+
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    buffer = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS),
+        model_writer=buffer,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        minloglevel=2,
     )
-    bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    vocab = bpe.get_vocab()
-    if len(vocab) < vocab_size:  # a short corpus may learn fewer merges; fill with unused tokens
-        for i in range(vocab_size - len(vocab)):
-            vocab[f"<unused{i}>"] = len(vocab)
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in _merges_of(bpe)]
-    tok = LlamaTokenizer(vocab=vocab, merges=merges, legacy=False, add_bos_token=True, add_eos_token=False)
+    proto = sentencepiece_model_pb2.ModelProto.FromString(buffer.getvalue())
+    if len(proto.pieces) > vocab_size:
+        raise AssertionError(f"the trainer made {len(proto.pieces)} pieces, more than {vocab_size}")
+    for piece in proto.pieces:
+        if len(piece.piece) > 1 and set(piece.piece) == {"▁"}:
+            piece.score = WHITESPACE_PIECE_SCORE
+    for i in range(vocab_size - len(proto.pieces)):
+        proto.pieces.add(piece=f"<unused{i}>", score=0.0, type=_UNUSED_PIECE_TYPE)
+    return proto.SerializeToString()
+
+
+def write_sentencepiece_tokenizer(out: str, vocab_size: int = TINY.base_vocab) -> str:
+    """The tokenizer files of the original LLaVA / Video-LLaVA checkpoints: ``tokenizer.model`` (no
+    ``tokenizer.json``), ``tokenizer_config.json`` with Vicuna-v1.5's settings and ``special_tokens_map.json``."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "tokenizer.model"), "wb") as f:
+        f.write(train_sentencepiece_model(vocab_size))
+    specials = {name: {"content": text, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+                for name, text in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}
+    write_json(os.path.join(out, "tokenizer_config.json"), {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 2048,
+        "pad_token": None,
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        **specials,
+    })
+    write_json(os.path.join(out, "special_tokens_map.json"), {**specials, "pad_token": "<unk>"})
+    return out
+
+
+def build_base_tokenizer(vocab_size: int = TINY.base_vocab):
+    """The llava-hf style fast ``LlamaTokenizer`` of :func:`train_sentencepiece_model` (merges ordered by score)."""
+    import tempfile
+
+    from llava.model.sentencepiece_tokenizer import fast_tokenizer_from_sentencepiece
+
+    with tempfile.TemporaryDirectory() as folder:
+        model_file = os.path.join(write_sentencepiece_tokenizer(folder, vocab_size), "tokenizer.model")
+        tok = fast_tokenizer_from_sentencepiece(model_file, legacy=False, add_bos_token=True, add_eos_token=False)
     tok.model_max_length = 4096
     return tok
-
-
-def _merges_of(bpe) -> list:
-    state = json.loads(bpe.to_str())
-    return state["model"]["merges"]
 
 
 def add_llava_tokens(tok):
@@ -189,6 +254,17 @@ def preprocessor_config(image_size: int) -> dict:
     }
 
 
+def processor_config(patch_size: int) -> dict:
+    """llava-hf's ``processor_config.json``: what ``AutoProcessor`` needs to expand ``<image>`` to 576 tokens."""
+    return {
+        "processor_class": "LlavaProcessor",
+        "image_token": DEFAULT_IMAGE_TOKEN,
+        "patch_size": patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,
+    }
+
+
 def write_json(path: str, obj: dict) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
@@ -220,6 +296,7 @@ def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
     tok = add_llava_tokens(build_base_tokenizer(g.base_vocab))
     tok.save_pretrained(out)
     write_json(os.path.join(out, "preprocessor_config.json"), preprocessor_config(g.image_size))
+    write_json(os.path.join(out, "processor_config.json"), processor_config(g.patch_size))
     write_json(
         os.path.join(out, "generation_config.json"),
         {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": g.base_vocab + 1},
@@ -293,10 +370,7 @@ def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_s
             "tune_mm_mlp_adapter": False,
         },
     )
-    tok = build_base_tokenizer(g.base_vocab)
-    tok.pad_token = tok.unk_token  # as LLaVA's training set it
-    tok.padding_side = "right"
-    tok.save_pretrained(out)
+    write_sentencepiece_tokenizer(out, g.base_vocab)  # tokenizer.model only, as the released checkpoints
 
     # The CLIP tower: a full CLIPModel folder (with a text tower whose keys the loader discards).
     clip_dir = os.path.join(out, CLIP_FOLDER_NAME)

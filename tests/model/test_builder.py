@@ -142,5 +142,12 @@ def test_convert_original_to_hf_layout_keeps_logits(tiny_original, tmp_path):
     assert torch.equal(_logits(converted, tok_c), _logits(original, tok_o))
     assert tok_c.convert_tokens_to_ids("<image>") == converted.config.image_token_id
     assert tok_c.pad_token_id == converted.config.image_token_id + 1
+    # the llava-hf tokenizer.json is built from tokenizer.model with the merges ordered by score
+    for text in ("What is  this?", "USER: ", "\n    indented\tcode  here", "这是什么？  猫"):
+        assert tok_c(text).input_ids == tok_o(text).input_ids, text
+    from transformers import AutoProcessor  # processor_config.json is written
+
+    processor = AutoProcessor.from_pretrained(dst)
+    assert processor.patch_size == 14 and processor.num_additional_image_tokens == 1
     with pytest.raises(CheckpointError, match="not empty"):
         convert(tiny_original, dst)

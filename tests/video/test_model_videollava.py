@@ -175,6 +175,24 @@ def test_prompt_ids_and_placeholder_run(ckpts):
     assert prompt.startswith("A chat between a curious human")
 
 
+def test_original_layout_prompt_ids_equal_sentencepiece(ckpts):
+    """The original layout tokenizes as Video-LLaVA's slow SentencePiece tokenizer: each chunk around the frames is
+    ``sp.encode`` (LLaMA's legacy=False handling), runs of spaces included (issue 11 item 1)."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(ckpts["original"], "tokenizer.model"))
+    tok, model, _, _ = _load(ckpts["original"])
+    gen = VideoLlavaGenerator(tok, model)
+    vid = model.config.video_token_id
+    for question in ("what is  the man doing?", "describe:\n    indented  text\tand a tab", "这是什么？  猫", " x  "):
+        prompt = gen.build_prompt(question)
+        chunks = prompt.split("<image>")
+        expected = [sp.bos_id()] + sp.encode(chunks[0]) + [vid] * 2056 + sp.encode(chunks[-1])
+        assert gen.prompt_ids(question, [257] * 8) == expected, question
+        answer_ids = sp.encode(question) + [sp.eos_id()]
+        assert tok.batch_decode([answer_ids], skip_special_tokens=True)[0] == sp.decode(answer_ids)
+
+
 def test_vision_hidden_act_override(ckpts, clip_pixels):
     _, model, _, _ = _load(ckpts["hf"], vision_hidden_act="quick_gelu")
     _, ref, _, _ = _load(ckpts["hf"])
@@ -408,3 +426,23 @@ def test_error_for_tower_weights_without_a_place(ckpts, tmp_path):
     torch.save(sd, weights)
     with pytest.raises(CheckpointError, match=r"tower weights that the model has no place for: .*lora_A"):
         _load(str(copy))
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "damaged header", "empty"])
+def test_error_for_damaged_weight_file_names_it(ckpts, tmp_path, how):
+    from tests.model.test_checkpoint_errors import PROBLEM_WORDS, corrupt
+
+    hf = shutil.copytree(ckpts["hf"], str(tmp_path / "hf"))
+    path = corrupt(os.path.join(hf, "model.safetensors"), how)
+    with pytest.raises(CheckpointError) as exc:
+        _load(hf)
+    assert path in str(exc.value) and PROBLEM_WORDS[how] in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("layout,name", [("hf", "tokenizer.json"), ("original", "tokenizer.model")])
+def test_error_for_missing_tokenizer_file_names_it(ckpts, tmp_path, layout, name):
+    ckpt = shutil.copytree(ckpts[layout], str(tmp_path / layout))
+    os.remove(os.path.join(ckpt, name))
+    with pytest.raises(CheckpointError, match=f"{name}.*missing") as exc:
+        _load(ckpt)
+    assert "do not belong together" not in str(exc.value)

@@ -62,6 +62,7 @@ from llava.model.original_layout import (
     read_config,
     read_weights,
     resolve_vision_tower,
+    weight_files,
 )
 from videollava.model.languagebind import DEFAULT_NUM_FRAMES, VideoLlavaTemporalForConditionalGeneration
 from videollava.model.processing import VIDEO_TRANSFORMS, VideoProcessor
@@ -428,15 +429,18 @@ def load_pretrained_model(
     load_kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation,
                    "device_map": device_map if device_map is not None else {"": device}}
 
+    tokenizer = load_tokenizer(model_path)  # before the weights: a missing file fails fast
     if layout == "hf":
         if video_tower or image_tower:
             raise CheckpointError("--video-tower / --image-tower only apply to original-layout checkpoints")
+        weight_files(model_path)  # a missing, empty, truncated or damaged weight file is named before loading
         try:
             model, loading = VideoLlavaForConditionalGeneration.from_pretrained(
                 model_path, output_loading_info=True, **load_kwargs
             )
-        except (RuntimeError, ValueError, OSError) as err:
-            raise CheckpointError(f"cannot load the Video-LLaVA (hf) checkpoint in {model_path}: {err}") from None
+        except Exception as err:  # e.g. SafetensorError: one line naming the folder, never a traceback
+            message = " ".join(str(err).split()) or type(err).__name__
+            raise CheckpointError(f"cannot load the Video-LLaVA (hf) checkpoint in {model_path}: {message}") from None
         unexpected = [k for k in loading.get("unexpected_keys") or [] if "temporal" in k]
         if unexpected:
             raise CheckpointError(
@@ -495,7 +499,6 @@ def load_pretrained_model(
                 layer.mlp.activation_fn = ACT2FN[vision_hidden_act]
     model.eval()
     model.videollava_load_info = info
-    tokenizer = load_tokenizer(model_path)
     _check_special_tokens(tokenizer, model.config, model_path)
     transform = video_transform or ("languagebind" if layout == "original" else "clip")
     vc = model.config.vision_config

@@ -14,8 +14,8 @@ Layouts (both load with :func:`videollava.model.builder.load_pretrained_model`):
   ``<image>``, ``<video>``, ``<pad>`` added. Its video tower has no temporal layers, as the port. Unlike the real
   port's config, ``vision_config.hidden_act`` is written (``gelu``), so both layouts compute the same function.
 * ``original``: the ``LanguageBind/Video-LLaVA-7B`` layout (``LlavaLlamaForCausalLM`` config with ``mm_video_tower``
-  / ``mm_image_tower``, two ``pytorch_model-*.bin`` shards that also embed both towers as the released ones do, no
-  placeholder tokens in the tokenizer) plus the two LanguageBind tower folders (``vision_model.*`` plus unused text
+  / ``mm_image_tower``, two ``pytorch_model-*.bin`` shards that also embed both towers as the released ones do, a
+  SentencePiece ``tokenizer.model`` without placeholder tokens) plus the two LanguageBind tower folders (``vision_model.*`` plus unused text
   tensors) as sub-folders. The video tower has the 11 temporal tensors per layer.
 
 ``--temporal`` sets those temporal layers: ``zero`` (default) gives a zero temporal embedding and a zero
@@ -35,7 +35,12 @@ from dataclasses import dataclass
 import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_PAD_TOKEN
-from llava.model.tiny import build_base_tokenizer, preprocessor_config, write_json
+from llava.model.tiny import (
+    build_base_tokenizer,
+    preprocessor_config,
+    write_json,
+    write_sentencepiece_tokenizer,
+)
 from videollava.model.builder import video_padded_vocab
 from videollava.model.languagebind import VideoLlavaTemporalForConditionalGeneration
 
@@ -272,10 +277,7 @@ def write_original_layout(out: str, seed: int = 0, temporal: str = "zero", g: Ti
     })
     write_json(os.path.join(out, "generation_config.json"),
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "temperature": 0.9, "top_p": 0.6})
-    tok = build_base_tokenizer(g.base_vocab)
-    tok.pad_token = tok.unk_token
-    tok.padding_side = "right"
-    tok.save_pretrained(out)
+    write_sentencepiece_tokenizer(out, g.base_vocab)  # tokenizer.model only, as the released checkpoint
 
     gen = torch.Generator().manual_seed(seed + 104729)
     for what, folder in (("video", VIDEO_TOWER_FOLDER), ("image", IMAGE_TOWER_FOLDER)):
