@@ -166,3 +166,16 @@ def test_records_with_and_without_settings_are_refused(data, tmp_path):
     half = [_with_method(r, "fastervlm", 64) if i % 2 else dict(r, metadata={}) for i, r in enumerate(recs)]
     with pytest.raises(MixedSettingsError, match="with and without recorded settings .record 2,"):
         _score(root, _write(tmp_path / "half.jsonl", half))
+
+
+# --- file names ----------------------------------------------------------------------------------
+
+
+def test_baseline_results_file_is_named_full_like_its_answers(data):
+    root, answers = data  # the reference answers record method "none"
+    record = score("pope", answers["pope"], data_root=root, checkpoint="llava-v1.5-7b")
+    assert record["results_file"].endswith("pope/results/llava-v1.5-7b/none/full.json")
+    assert record["visual_tokens"] == 576  # the token count itself is unchanged
+    compressed = score("pope", answers["pope"], data_root=root, checkpoint="llava-v1.5-7b", method="fastervlm",
+                       visual_tokens=64, write_converted=False)
+    assert compressed["results_file"].endswith("fastervlm/64.json")
