@@ -127,6 +127,24 @@ def test_unique_id_scorer_refuses_a_repeated_answer(data, tmp_path, capsys):
     assert "more than once" in err and repr(str(recs[0]["question_id"])) in err
 
 
+def test_mmbench_rounds_are_questions_of_their_own(tmp_path):
+    from llava.eval.benchmarks.mmbench import row_options
+    from llava.eval.benchmarks.registry import load_question_file
+
+    root = tmp_path / "eval"
+    mini.generate(root, ["mmbench"])
+    rows = load_question_file(root / "mmbench" / "mmbench_dev_20230712.tsv")
+    first = _records(mini.write_reference_answers(root, "mmbench"))[0]
+    # --all-rounds: one answer per row and round (the options rotate; these answers need not be right)
+    rounds = [dict(first, question_id=int(r["index"]), round_id=k) for r in rows for k in range(len(row_options(r)))]
+    path = _write(tmp_path / "rounds.jsonl", rounds[::-1])
+    assert score("mmbench", path, data_root=root, write_converted=False)["metrics"]["num_attempts"] == len(rounds)
+    with pytest.raises(AnswerIdError, match="no answer for 1 of"):
+        score("mmbench", _write(tmp_path / "short.jsonl", rounds[:-1]), data_root=root, write_converted=False)
+    with pytest.raises(AnswerIdError, match="more often than"):
+        score("mmbench", _write(tmp_path / "twice.jsonl", rounds + rounds[-1:]), data_root=root, write_converted=False)
+
+
 # --- settings ------------------------------------------------------------------------------------
 
 

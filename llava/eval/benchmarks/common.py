@@ -179,7 +179,7 @@ def match_to_questions(answers: Sequence[dict], question_keys: Sequence[Hashable
         more = f" and {len(detail) - 5} more" if len(detail) > 5 else ""
         raise AnswerIdError(
             f"{answers_where} answers {len(repeated)} question id(s) more often than {questions_where} asks: "
-            f"{', '.join(detail[:5])}{more}; keep one answer per question (rerun with --overwrite)")
+            f"{', '.join(detail[:5])}{more}; keep one answer per question (delete the repeats, or rerun with --overwrite)")
     missing = [shown(k) for k in asked if got[k] < asked[k]]
     if missing:
         unanswered = sum(asked[k] - got[k] for k in asked)
@@ -209,7 +209,7 @@ def check_unique_ids(answers: Sequence[dict], where: str,
         detail = [f"{k!r} x{counts[k]}" for k in repeated]
         more = f" and {len(detail) - 5} more" if len(detail) > 5 else ""
         raise AnswerIdError(f"{where} answers {len(repeated)} question id(s) more than once: "
-                            f"{', '.join(detail[:5])}{more}; keep one answer per question (rerun with --overwrite)")
+                            f"{', '.join(detail[:5])}{more}; keep one answer per question (delete the repeats, or rerun with --overwrite)")
 
 
 def require_keys(rec: Any, keys: Iterable[str], where: str) -> dict:

@@ -98,7 +98,7 @@ def convert_answers(answers: Sequence[Mapping], gt: GroundTruth) -> dict[str, li
             raise ScorerInputError(f"no MME ground truth for {qid!r} and question {one!r}")
         if (category, file, question) in seen:
             raise ScorerInputError(f"MME question {question!r} of {qid!r} is answered twice; keep one answer per "
-                                   "question (rerun with --overwrite)")
+                                   "question (delete the repeats, or rerun with --overwrite)")
         seen.add((category, file, question))
         by_image[category].setdefault(qid, []).append((file, question, gt[(category, file, question)], a["text"]))
     rows: dict[str, list[tuple[str, str, str, str]]] = {}

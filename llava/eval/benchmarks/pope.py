@@ -80,7 +80,7 @@ def score_pope(answers: Sequence[Mapping], questions: Sequence[Mapping],
             raise ScorerInputError(f"answer question_id {a['question_id']!r} is not in the POPE question file")
         if key in answer_text:
             raise ScorerInputError(f"question_id {a['question_id']!r} is answered twice; keep one answer per "
-                                   "question (rerun with --overwrite)")
+                                   "question (delete the repeats, or rerun with --overwrite)")
         answer_text[key] = a["text"]
     splits: dict[str, Any] = {}
     missing_splits = []

@@ -298,7 +298,7 @@ def _in_question_order(task: BenchmarkTask, answers: list[dict], questions: list
         for i, row in enumerate(questions, 1):
             if "index" not in row:
                 raise ScorerInputError(f"{questions_where} row {i} has no 'index'")
-            rounds = max(1, len(row_options(row))) if all_rounds else 1
+            rounds = len(row_options(row)) if all_rounds else 1
             keys += [(qid_key(row["index"]), r) for r in range(rounds)]
         return match_to_questions(
             answers, keys, lambda a: (qid_key(a["question_id"]), int(a.get("round_id") or 0)), answers_where,

@@ -66,7 +66,7 @@ def score_textvqa(answers: Sequence[Mapping], annotation: Mapping) -> dict[str, 
             raise ScorerInputError(f"answer {i} (question_id {ans['question_id']!r}): {e}") from None
         if (str(ans["question_id"]), question) in seen:
             raise AnswerIdError(f"answer {i}: image {ans['question_id']!r} and question {question!r} are answered "
-                                "twice; keep one answer per question (rerun with --overwrite)")
+                                "twice; keep one answer per question (delete the repeats, or rerun with --overwrite)")
         seen.add((str(ans["question_id"]), question))
         entry = index.get((str(ans["question_id"]), question))
         if entry is None:
