@@ -73,7 +73,10 @@ def match_option(text: str, candidates: Mapping[str, str]) -> str | None:
 
 def answer_round(answer: Mapping) -> tuple[str, int]:
     """An MMBench answer's identity: its index and its round (``--all-rounds``; 0 otherwise)."""
-    return qid_key(answer["question_id"]), int(answer.get("round_id") or 0)
+    round_id = answer.get("round_id") or 0
+    if not isinstance(round_id, int) or isinstance(round_id, bool):
+        raise ScorerInputError(f"MMBench answer {answer['question_id']!r} has round_id {round_id!r}, not an integer")
+    return qid_key(answer["question_id"]), round_id
 
 
 def group_key(index: Any) -> str:

@@ -291,18 +291,15 @@ def _in_question_order(task: BenchmarkTask, answers: list[dict], questions: list
                        questions_where: str) -> list[dict]:
     """The answers paired with the question file by id (MMBench: by index and round), in its order."""
     if task.name.startswith("mmbench"):
-        from .mmbench import row_options
-
-        all_rounds = any(a.get("round_id") not in (None, 0) for a in answers)
+        all_rounds = any(mmbench.answer_round(a)[1] != 0 for a in answers)  # --all-rounds: one per option
         keys = []
         for i, row in enumerate(questions, 1):
             if "index" not in row:
                 raise ScorerInputError(f"{questions_where} row {i} has no 'index'")
-            rounds = len(row_options(row)) if all_rounds else 1
+            rounds = len(mmbench.row_options(row)) if all_rounds else 1
             keys += [(qid_key(row["index"]), r) for r in range(rounds)]
-        return match_to_questions(
-            answers, keys, lambda a: (qid_key(a["question_id"]), int(a.get("round_id") or 0)), answers_where,
-            questions_where, shown=lambda k: f"{k[0]} round {k[1]}" if all_rounds else k[0])
+        return match_to_questions(answers, keys, mmbench.answer_round, answers_where, questions_where,
+                                  shown=lambda k: f"{k[0]} round {k[1]}" if all_rounds else k[0])
     id_field = "id" if task.name == "sqa" else "question_id"
     for i, q in enumerate(questions, 1):
         if not isinstance(q, Mapping) or id_field not in q:
