@@ -43,7 +43,7 @@ the token count is unknown; ``/`` in names becomes ``_``. One JSON object::
       "answers_file": "...", "num_answers": 8910,
       "num_input_errors": 0,               # answers whose metadata records an unreadable input
       "converted_file": "...",             # upload / converted file written alongside, or null
-      "warnings": ["..."]                  # e.g. missing answers, splits without answers
+      "warnings": ["..."]                  # e.g. splits or subtasks without answers, input errors
     }
 
 Upload / converted files go to ``<data_dir>/answers_upload/<checkpoint>/<method>/<tokens>.<ext>`` (``full``
