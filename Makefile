@@ -1,5 +1,6 @@
 # Two commands set up and exercise a fresh machine:
-#   make demo   - builds a tiny random LLaVA-1.5 and runs the evaluation pipeline end to end (CPU, < 3 min)
+#   make demo   - builds a tiny random LLaVA-1.5 and runs the evaluation pipeline end to end (CPU; about 70 s
+#                 on 2 idle cores, minutes on a busy machine; the first install comes on top)
 #   make test   - runs the test suite
 # Both install what they need first (a virtual environment in .venv).
 
@@ -38,7 +39,8 @@ format: $(STAMP)
 clean:
 	rm -rf demo_out .pytest_cache
 
-# Every method x benchmark script end to end on the tiny checkpoint and the mini fixtures (CPU; about an hour).
+# Every method x benchmark script end to end on the tiny checkpoint and the mini fixtures (CPU; 204 runs, each
+# loading the tiny model, so far longer than the demo).
 # The tiny LLM has 4 decoder layers, so in-LLM methods whose default layers are deeper get shallower ones
 # (and PyramidDrop a budget its layer average can reach).
 TINY_KNOBS_PDrop      := -- --pdrop-layers 1,2,3

@@ -1,18 +1,16 @@
-"""Collect every results file into one table: benchmark x method x visual tokens.
+"""Gather every scored run into one table: benchmark x method x visual tokens.
 
     python -m llava.eval.summarize [--root playground/data/eval] [--out results.md] [--csv results.csv]
                                    [--plot accuracy_vs_tokens.png]
 
-Reads ``<root>/*/results/**/*.json`` (the format is documented in ``llava/eval/benchmarks/__init__.py``;
-files without the required keys are skipped with a warning). For each run it shows the headline
-metric and its ratio to the baseline run of the same benchmark and checkpoint (method ``none`` or
-``baseline``; if several, the one with the most visual tokens). A second table gives, per checkpoint,
-method and token count, the mean of those ratios over benchmarks (FasterVLM's "Average").
-
-The FLOPs column is filled when ``llava.bench.flops.prefill_flops`` exists; it is called with the
-keyword arguments it accepts among ``visual_tokens``, ``method``, ``method_args``, ``checkpoint`` and
-``benchmark`` and should return prefill FLOPs per sample (shown in TFLOPs). Without it (or when it
-fails for a row) the cell stays empty.
+Reads the results files that ``python -m llava.eval.benchmarks score`` (and ``llava.eval.run_benchmark``)
+write under ``<root>/<benchmark>/results/``. Per run the table shows the headline score, that score as a
+percentage of the baseline run (method ``none``) of the same benchmark and checkpoint, the prefill
+TFLOPs per sample (full convention: vision tower, projector, LLM and the method's own work; see
+docs/benchmarks.md), and how many answers were skipped as unreadable inputs (``--skip-bad-inputs``; they
+are scored as empty answers). A second table averages the percentages over the benchmarks of each method
+and budget (FasterVLM's "Average"). Files under ``results/`` that are not results files are skipped
+with a warning.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ BASELINE_METHODS = ("none", "baseline")
 BENCH_ORDER = ("vqav2", "gqa", "vizwiz", "sqa", "textvqa", "pope", "mme", "mmbench", "mmbench_cn", "seed",
                "mmvet", "llavabench")
 COLUMNS = ("checkpoint", "benchmark", "method", "visual_tokens", "metric", "headline", "ratio_to_baseline_pct",
-           "tflops_per_sample", "method_args", "results_file")
+           "tflops_per_sample", "skipped_inputs", "method_args", "results_file")
 
 
 class SummarizeError(Exception):
@@ -82,7 +80,11 @@ def baselines(records: Sequence[dict]) -> dict[tuple[str, str], dict]:
 
 
 def flops_function() -> Callable[..., Any] | None:
-    """``llava.bench.flops.prefill_flops`` if it exists (import guarded)."""
+    """``llava.bench.flops.prefill_flops`` if it can be imported, else ``None`` (no TFLOPs column).
+
+    It is called with the keyword arguments it accepts among ``visual_tokens``, ``method``,
+    ``method_args``, ``checkpoint`` and ``benchmark`` and returns prefill FLOPs per sample; a row it
+    cannot compute keeps an empty cell."""
     try:
         from llava.bench.flops import prefill_flops
     except Exception:  # any import problem means "no FLOPs column"
@@ -90,10 +92,21 @@ def flops_function() -> Callable[..., Any] | None:
     return prefill_flops if callable(prefill_flops) else None
 
 
+def compression_method(rec: dict) -> str:
+    """The registry name of the run's method. The results file's ``method`` is the run label, which carries
+    any non-default knob (``vtc-cls_start-layer-22``, ``fastv_fastv-k-3``); the scorer also writes
+    ``compression_method`` from the answers' metadata. Older results files lack it: the label up to its
+    first ``_`` is the method (registry names contain no ``_``); the knob values are in ``method_args``."""
+    name = rec.get("compression_method")
+    if isinstance(name, str) and name:
+        return name
+    return str(rec["method"]).split("_", 1)[0]
+
+
 def _flops(fn: Callable[..., Any] | None, rec: dict) -> float | None:
     if fn is None or not isinstance(rec.get("visual_tokens"), int | float):
         return None
-    offered = {"visual_tokens": rec["visual_tokens"], "method": rec["method"],
+    offered = {"visual_tokens": rec["visual_tokens"], "method": compression_method(rec),
                "method_args": rec.get("method_args") or {}, "checkpoint": rec["checkpoint"],
                "benchmark": rec["benchmark"]}
     try:
@@ -106,6 +119,11 @@ def _flops(fn: Callable[..., Any] | None, rec: dict) -> float | None:
         return float(value) if value is not None else None
     except Exception:  # a FLOPs formula that cannot handle a row leaves the cell empty
         return None
+
+
+def _skipped(rec: dict) -> int:
+    value = rec.get("num_input_errors")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def build_rows(records: Sequence[dict], flops_fn: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
@@ -121,6 +139,7 @@ def build_rows(records: Sequence[dict], flops_fn: Callable[..., Any] | None = No
             "checkpoint": rec["checkpoint"], "benchmark": rec["benchmark"], "method": rec["method"],
             "visual_tokens": rec["visual_tokens"], "metric": rec["headline_metric"], "headline": rec["headline"],
             "ratio_to_baseline_pct": ratio, "tflops_per_sample": flops / 1e12 if flops is not None else None,
+            "skipped_inputs": _skipped(rec),
             "method_args": json.dumps(rec.get("method_args") or {}, sort_keys=True),
             "results_file": rec.get("results_file", ""),
         })
@@ -156,13 +175,17 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 def markdown(rows: Sequence[dict], averages: Sequence[dict]) -> str:
-    lines = ["| checkpoint | benchmark | method | tokens | metric | score | % of baseline | TFLOPs/sample | args |",
-             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    lines = ["| checkpoint | benchmark | method | tokens | metric | score | % of baseline | TFLOPs/sample | "
+             "skipped inputs | args |",
+             "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         args = "" if r["method_args"] == "{}" else r["method_args"]
         lines.append(f"| {r['checkpoint']} | {r['benchmark']} | {r['method']} | {_fmt(r['visual_tokens'])} | "
                      f"{r['metric']} | {_fmt(r['headline'])} | {_fmt(r['ratio_to_baseline_pct'])} | "
-                     f"{_fmt(r['tflops_per_sample'], 3)} | {args.replace('|', '/')} |")
+                     f"{_fmt(r['tflops_per_sample'], 3)} | {r['skipped_inputs']} | {args.replace('|', '/')} |")
+    note = skipped_note(rows)
+    if note:
+        lines += ["", note]
     if averages:
         lines += ["", "Average of the ratios to the baseline over the benchmarks listed:", "",
                   "| checkpoint | method | tokens | average % of baseline | benchmarks |",
@@ -171,6 +194,16 @@ def markdown(rows: Sequence[dict], averages: Sequence[dict]) -> str:
             lines.append(f"| {a['checkpoint']} | {a['method']} | {_fmt(a['visual_tokens'])} | "
                          f"{_fmt(a['average_ratio_pct'])} | {a['benchmarks']} |")
     return "\n".join(lines) + "\n"
+
+
+def skipped_note(rows: Sequence[dict]) -> str:
+    """One sentence on the answers skipped as bad inputs, or ``""`` when none were."""
+    runs = [r for r in rows if r["skipped_inputs"]]
+    if not runs:
+        return ""
+    total = sum(r["skipped_inputs"] for r in runs)
+    return (f"{total} answer(s) in {len(runs)} run(s) were skipped as unreadable inputs (--skip-bad-inputs) "
+            "and scored as empty answers; see the 'skipped inputs' column.")
 
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
@@ -227,9 +260,11 @@ def plot(path: str | Path, rows: Sequence[dict]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llava.eval.summarize", description=__doc__,
+    title, _usage, body = __doc__.split("\n\n", 2)
+    p = argparse.ArgumentParser(prog="python -m llava.eval.summarize", description=title + "\n\n" + body.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default="playground/data/eval", help="the eval data root holding <bench>/results/")
+    p.add_argument("--root", default="playground/data/eval",
+                   help="the eval data root, holding <benchmark>/results/ (default: %(default)s)")
     p.add_argument("--out", help="write the markdown table here (default: print it)")
     p.add_argument("--csv", help="also write the table as CSV")
     p.add_argument("--plot", help="also draw headline vs visual tokens per benchmark (needs matplotlib)")
@@ -246,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(text, encoding="utf-8")
             print(f"wrote {args.out} ({len(rows)} runs)")
+            note = skipped_note(rows)
+            if note:
+                print(note)
         else:
             print(text, end="")
         if args.csv:

@@ -100,7 +100,8 @@ def test_mmbench_no_answers_column_and_unknown_index():
 def test_mmbench_upload_table_and_xlsx(tmp_path):
     header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source",
               "l2-category", "comment", "split"]
-    answers = [{"question_id": 0, "text": "B"}, {"question_id": 0, "text": "A"}]  # later one wins
+    # --all-rounds: one answer per round; the later round's text is uploaded, as upstream
+    answers = [{"question_id": 0, "round_id": 0, "text": "B"}, {"question_id": 0, "round_id": 1, "text": "A"}]
     h, rows = mmbench.upload_table(header, _mmbench_rows(), answers)
     # dropped: hint category image source l2-category comment; prediction inserted at position 6
     assert h == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]

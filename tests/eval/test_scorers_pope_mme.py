@@ -1,4 +1,4 @@
-"""POPE (yes/no parsing, positional pairing, zero guards) and MME (pairs, acc+). Worked by hand."""
+"""POPE (yes/no parsing, labels paired by question, zero guards) and MME (pairs, acc+). Worked by hand."""
 
 import pytest
 
@@ -44,7 +44,7 @@ def test_split_metrics_zero_denominators():
     assert split_metrics([], [])["yes_ratio"] == 0.0
 
 
-def test_score_pope_positional_and_interleaved():
+def test_score_pope_interleaved_splits():
     questions = ([{"question_id": i, "category": "adversarial"} for i in (1, 2, 3, 4, 5)]
                  + [{"question_id": 20000001 + i, "category": "popular"} for i in range(2)]
                  + [{"question_id": 40000001 + i, "category": "random"} for i in range(2)])
@@ -160,23 +160,27 @@ def test_mme_convert_and_calculate(tmp_path):
     assert len(out) == 3
 
 
-def test_mme_pair_order_matters(tmp_path):
+def test_mme_pairs_are_the_two_answers_of_one_image(tmp_path):
     gt = mme.load_ground_truth(_write_gt(tmp_path))
-    # the same four answers, but the pairs are formed by position: (img1 q1, img2 q1), (img1 q2, img2 q2)
+    # the images' questions interleaved (a resumed run): upstream pairs by position, (img1 q1, img2 q1) and
+    # (img1 q2, img2 q2), and would count acc+ 1/2; the pairs are the images' own questions
     answers = [
         _ans("existence/0001.jpg", "Is there a cat in this image?", "Yes"),   # right
-        _ans("existence/0002.jpg", "Is there a car in this image?", "No"),    # wrong
-        _ans("existence/0001.jpg", "Is there a dog in this image?", "No"),    # right
-        _ans("existence/0002.jpg", "Is there a bus in this image?", "No"),    # right
+        _ans("existence/0002.jpg", "Is there a car in this image?", "Yes"),   # right
+        _ans("existence/0001.jpg", "Is there a dog in this image?", "Yes"),   # wrong
+        _ans("existence/0002.jpg", "Is there a bus in this image?", "Yes"),   # wrong
     ]
-    m = mme.score_mme(mme.convert_answers(answers, gt))["subtasks"]["existence"]
-    # acc 3/4; positional pairs: (right, wrong), (right, right) -> acc+ 1/2
-    assert (m["acc"], m["acc_plus"]) == (75.0, 50.0)
+    rows = mme.convert_answers(answers, gt)
+    assert [r[0] for r in rows["existence"]] == ["0001.txt", "0001.txt", "0002.txt", "0002.txt"]
+    m = mme.score_mme(rows)["subtasks"]["existence"]
+    assert (m["acc"], m["acc_plus"]) == (50.0, 0.0)
 
 
 def test_mme_errors(tmp_path):
     gt = mme.load_ground_truth(_write_gt(tmp_path))
     with pytest.raises(ScorerInputError, match="pairs"):
         mme.score_mme(mme.convert_answers([_ans("existence/0001.jpg", "Is there a cat in this image?", "Yes")], gt))
+    with pytest.raises(ScorerInputError, match="answered twice"):
+        mme.convert_answers([_ans("existence/0001.jpg", "Is there a cat in this image?", "Yes")] * 2, gt)
     with pytest.raises(ScorerInputError, match="no MME ground truth"):
         mme.convert_answers([_ans("existence/0001.jpg", "Is there a horse in this image?", "Yes")], gt)

@@ -104,3 +104,58 @@ def test_plot_without_matplotlib(root, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert summarize.main(["--root", str(root), "--plot", str(tmp_path / "p.png")]) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_tflops_filled_for_a_run_label_with_a_knob(tmp_path):
+    from llava.bench.flops import prefill_flops
+
+    r = tmp_path / "eval"
+    args = {"visual_token_num": 64, "start_layer": 22}
+    # a results file written before the scorer recorded compression_method: the label names the method
+    _write(r, "pope", "pope", "llava-v1.5-7b", "vtc-cls_start-layer-22", 64, 80.0, "mean_f1", args)
+    rows = summarize.build_rows(summarize.collect(r)[0], summarize.flops_function())
+    expected = prefill_flops(64, "vtc-cls", args, "llava-v1.5-7b") / 1e12
+    assert _row(rows, "llava-v1.5-7b", "pope", "vtc-cls_start-layer-22", 64)["tflops_per_sample"] == pytest.approx(expected)
+
+
+def test_tflops_use_the_recorded_compression_method(tmp_path):
+    from llava.data import mini
+    from llava.eval.benchmarks import score
+
+    root = tmp_path / "eval"
+    mini.generate(root, ["pope"])
+    answers = mini.write_reference_answers(root, "pope")
+    recs = [json.loads(line) for line in answers.read_text().splitlines()]
+    for rec in recs:
+        rec["metadata"] = {"method": "fastv", "method_args": {"visual_token_num": 64, "fastv_k": 3},
+                           "visual_tokens": 576}
+    answers.write_text("".join(json.dumps(rec) + "\n" for rec in recs))
+    record = score("pope", answers, data_root=root, checkpoint="llava-v1.5-7b", method="fastv_fastv-k-3",
+                   write_converted=False)
+    assert record["compression_method"] == "fastv" and record["results_file"].endswith("fastv_fastv-k-3/64.json")
+    rows = summarize.build_rows(summarize.collect(root)[0], summarize.flops_function())
+    assert rows[0]["method"] == "fastv_fastv-k-3" and rows[0]["tflops_per_sample"] is not None
+
+
+def test_skipped_inputs_are_counted(tmp_path, capsys):
+    r = tmp_path / "eval"
+    path = _write(r, "pope", "pope", "llava-v1.5-7b", "none", 576, 85.0, "mean_f1")
+    _write(r, "pope", "pope", "llava-v1.5-7b", "fastervlm", 64, 80.0, "mean_f1")
+    rec = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(rec, num_input_errors=3)))
+    rows = summarize.build_rows(summarize.collect(r)[0])
+    assert [row["skipped_inputs"] for row in rows] == [3, 0]
+    md = summarize.markdown(rows, [])
+    assert "| none | 576 | mean_f1 | 85.00 | 100.00 |  | 3 |" in md
+    assert "3 answer(s) in 1 run(s) were skipped as unreadable inputs" in md
+    assert summarize.main(["--root", str(r), "--out", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv")]) == 0
+    assert "3 answer(s) in 1 run(s) were skipped" in capsys.readouterr().out
+    assert [row["skipped_inputs"] for row in csv.DictReader(open(tmp_path / "t.csv"))] == ["3", "0"]
+
+
+def test_help_describes_the_table(capsys):
+    with pytest.raises(SystemExit):
+        summarize.main(["--help"])
+    out = capsys.readouterr().out
+    assert "percentage of the baseline run" in out and "skipped" in out
+    assert "keyword arguments" not in out and "``" not in out  # no implementation notes, no rst markup

@@ -3,6 +3,18 @@
 Every scorer is a pure function over records that were loaded here. File problems (missing file,
 bad JSON, missing key) raise :class:`ScorerInputError`, whose message is one line naming the file;
 :func:`run_cli` turns it into ``error: <message>`` on stderr and exit status 2, with no traceback.
+
+Two checks guard against answers being counted together that do not belong together:
+
+* :func:`load_answers` refuses a file whose records were made with different settings
+  (:func:`llava.eval.run_settings.check_same_settings`). Records with no settings at all (answer files
+  of the original LLaVA code, ``"metadata": {}``) score as before; a file mixing such records with
+  records that carry settings is refused.
+* :func:`match_to_questions` pairs answers with the question file by question id (and MMBench's
+  ``round_id``): an answer to a question that is not there, a question without an answer, or a question
+  answered more often than the question file asks it (ids repeat there for MME and TextVQA) is refused;
+  the answers come back in question-file order, so order-sensitive upstream rules (POPE's label zip,
+  MME's image pairs) see the order the original scripts saw.
 """
 
 from __future__ import annotations
@@ -10,18 +22,31 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from llava.eval.run_settings import SettingsMismatchError, check_same_settings
 
 # The LLaVA-1.5 prompt suffixes (part of the question files, except where a flag appends them).
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 OPTION_LETTER_SUFFIX = "Answer with the option's letter from the given choices directly."
 OPTION_LETTER_SUFFIX_CN = "请直接回答选项字母。"
+# The metadata keys that say what produced an answer (llava.eval.run_settings.record_settings).
+SETTINGS_KEYS = ("method", "method_args", "run")
 
 
 class ScorerInputError(Exception):
     """A missing or malformed input file or record. The message is a single line."""
+
+
+class MixedSettingsError(ScorerInputError):
+    """An answers file holds answers made with different settings (method, its arguments, decoding...)."""
+
+
+class AnswerIdError(ScorerInputError):
+    """The answers' question ids do not match the questions: an extra, a missing or a repeated id."""
 
 
 def _check_exists(path: Path, what: str) -> Path:
@@ -98,7 +123,93 @@ def load_answers(path: str | Path, *, keys: Sequence[str] = ("question_id", "tex
                 raise ScorerInputError(f"{what} {path} record {i} has no '{key}'")
         if "text" in keys and not isinstance(rec["text"], str):
             raise ScorerInputError(f"{what} {path} record {i}: 'text' is not a string")
+    check_one_setting(records, f"{what} {path}")
     return records, bad
+
+
+def has_settings(record: dict) -> bool:
+    """Whether a record says what produced it (``metadata`` holding ``method``, ``method_args`` or ``run``)."""
+    metadata = record.get("metadata")
+    return isinstance(metadata, dict) and any(metadata.get(k) is not None for k in SETTINGS_KEYS)
+
+
+def check_one_setting(records: Sequence[dict], where: str) -> None:
+    """Refuse records made with different settings. Records without settings are not compared, but
+    they may not sit beside records that have them."""
+    flags = [has_settings(r) for r in records]
+    if not any(flags):
+        return
+    if not all(flags):
+        i = flags.index(not flags[0])
+        rec = records[i]
+        state = "has no settings (no metadata.method/method_args/run)" if flags[0] else "carries settings"
+        raise MixedSettingsError(
+            f"{where} mixes answers with and without recorded settings (record {i + 1}, question "
+            f"{rec.get('question_id')!r}, {state}, unlike record 1); keep one run per file")
+    try:
+        check_same_settings(records, where)
+    except SettingsMismatchError as e:
+        raise MixedSettingsError(str(e)) from None
+
+
+def _few(items: Sequence[Any], limit: int = 5) -> str:
+    shown = ", ".join(repr(x) for x in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def match_to_questions(answers: Sequence[dict], question_keys: Sequence[Hashable],
+                       answer_key: Callable[[dict], Hashable], answers_where: str,
+                       questions_where: str, shown: Callable[[Hashable], Any] = lambda k: k) -> list[dict]:
+    """``answers`` in question order, the n-th answer with a key taking the n-th question with that key.
+
+    ``question_keys``: one key per question, in question-file order (repeats allowed); ``answer_key``: the
+    same key read from an answer. Raises :class:`AnswerIdError` (one line, a few ids then a count) for keys
+    that are not questions, for keys answered more often than asked, and for questions with no answer.
+    """
+    asked = Counter(question_keys)
+    got = Counter(answer_key(a) for a in answers)
+    extra = [shown(k) for k in got if k not in asked]
+    if extra:
+        raise AnswerIdError(
+            f"{answers_where} answers {len(extra)} question id(s) that are not in {questions_where}: "
+            f"{_few(extra)}; score it against the question file it was made from (--question-file)")
+    repeated = [k for k in got if got[k] > asked[k]]
+    if repeated:
+        detail = [f"{shown(k)!r} x{got[k]} (asked {asked[k]}x)" for k in repeated]
+        more = f" and {len(detail) - 5} more" if len(detail) > 5 else ""
+        raise AnswerIdError(
+            f"{answers_where} answers {len(repeated)} question id(s) more often than {questions_where} asks: "
+            f"{', '.join(detail[:5])}{more}; keep one answer per question (delete the repeats, or rerun with --overwrite)")
+    missing = [shown(k) for k in asked if got[k] < asked[k]]
+    if missing:
+        unanswered = sum(asked[k] - got[k] for k in asked)
+        raise AnswerIdError(
+            f"{answers_where} has no answer for {unanswered} of {len(question_keys)} questions of "
+            f"{questions_where}: {_few(missing)}; finish the run (rerun it: it resumes) or score against a "
+            "question file holding only the questions that ran (--question-file)")
+    slots: dict[Hashable, list[int]] = defaultdict(list)
+    for position, key in enumerate(question_keys):
+        slots[key].append(position)
+    taken: Counter = Counter()
+    placed = []
+    for a in answers:
+        key = answer_key(a)
+        placed.append((slots[key][taken[key]], a))
+        taken[key] += 1
+    placed.sort(key=lambda pair: pair[0])
+    return [a for _, a in placed]
+
+
+def check_unique_ids(answers: Sequence[dict], where: str,
+                     key: Callable[[dict], Hashable] = lambda a: qid_key(a["question_id"])) -> None:
+    """Refuse answers that repeat a question id (for benchmarks whose question ids are unique)."""
+    counts = Counter(key(a) for a in answers)
+    repeated = [k for k, n in counts.items() if n > 1]
+    if repeated:
+        detail = [f"{k!r} x{counts[k]}" for k in repeated]
+        more = f" and {len(detail) - 5} more" if len(detail) > 5 else ""
+        raise AnswerIdError(f"{where} answers {len(repeated)} question id(s) more than once: "
+                            f"{', '.join(detail[:5])}{more}; keep one answer per question (delete the repeats, or rerun with --overwrite)")
 
 
 def require_keys(rec: Any, keys: Iterable[str], where: str) -> dict:

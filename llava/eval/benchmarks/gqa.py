@@ -1,7 +1,8 @@
 """GQA testdev-balanced accuracy, as LLaVA's ``convert_gqa_for_eval`` + the patched official ``eval.py``.
 
 * Conversion: ``prediction = text.rstrip('.').lower()`` and nothing else; records
-  ``{"questionId", "prediction"}`` (a later answer for the same id replaces an earlier one).
+  ``{"questionId", "prediction"}``. A question id answered twice is an error (upstream keeps the
+  later one).
 * Score: over the questions of ``testdev_balanced_questions.json`` with ``isBalanced``,
   correct iff ``prediction == answer`` (exact string). Accuracy = 100 * mean. Binary / open split by
   ``types.structural == "query"`` (open) as the official script does; also per structural and
@@ -18,16 +19,18 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import ScorerInputError, pct, qid_key
+from .common import ScorerInputError, check_unique_ids, pct, qid_key
 
 
 def convert_for_eval(answers: Sequence[Mapping]) -> list[dict[str, Any]]:
+    check_unique_ids(answers, "GQA answers")
     return [{"questionId": a["question_id"], "prediction": a["text"].rstrip(".").lower()} for a in answers]
 
 
 def score_gqa(questions: Mapping[str, Mapping], predictions: Sequence[Mapping]) -> dict[str, Any]:
     if not isinstance(questions, Mapping):
         raise ScorerInputError("GQA questions file is not a JSON object keyed by question id")
+    check_unique_ids(predictions, "GQA predictions", key=lambda p: qid_key(p["questionId"]))
     preds = {qid_key(p["questionId"]): p["prediction"] for p in predictions}
     hits: list[int] = []
     by_type: dict[str, dict[str, list[int]]] = {"binary_open": defaultdict(list),

@@ -2,8 +2,9 @@
 
 Upload (LLaVA's ``convert_mmbench_for_submission``): the tsv without the ``hint, category, source,
 image, comment, l2-category`` columns, with a ``prediction`` column inserted at position 6 holding the
-raw answer text matched by ``index`` (a later answer for the same index overwrites an earlier one),
-written as ``.xlsx``.
+raw answer text matched by ``index``, written as ``.xlsx``. With ``--all-rounds`` an index has one answer
+per round and the upload keeps the last round's, as upstream; the same (index, round) answered twice is
+an error.
 
 Local accuracy (not part of LLaVA; the official number comes from the server):
 
@@ -28,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import ScorerInputError, pct, qid_key
+from .common import ScorerInputError, check_unique_ids, pct, qid_key
 from .xlsx import write_xlsx
 
 ALL_OPTIONS = ("A", "B", "C", "D")
@@ -70,6 +71,14 @@ def match_option(text: str, candidates: Mapping[str, str]) -> str | None:
     return None
 
 
+def answer_round(answer: Mapping) -> tuple[str, int]:
+    """An MMBench answer's identity: its index and its round (``--all-rounds``; 0 otherwise)."""
+    round_id = answer.get("round_id") or 0
+    if not isinstance(round_id, int) or isinstance(round_id, bool):
+        raise ScorerInputError(f"MMBench answer {answer['question_id']!r} has round_id {round_id!r}, not an integer")
+    return qid_key(answer["question_id"]), round_id
+
+
 def group_key(index: Any) -> str:
     try:
         return str(int(index) % CIRCULAR_OFFSET)
@@ -79,6 +88,7 @@ def group_key(index: Any) -> str:
 
 def score_mmbench(answers: Sequence[Mapping], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Local accuracy, or ``None`` when the tsv has no ``answer`` column (test split)."""
+    check_unique_ids(answers, "MMBench answers", key=answer_round)
     if not rows or "answer" not in rows[0]:
         return None
     by_index = {qid_key(r["index"]): r for r in rows}
@@ -120,6 +130,7 @@ def upload_table(header: Sequence[str], rows: Sequence[Mapping[str, Any]],
     """Header and rows of the upload sheet."""
     kept = [c for c in header if c not in UPLOAD_DROP]
     out_header = kept[:6] + ["prediction"] + kept[6:]
+    check_unique_ids(answers, "MMBench answers", key=answer_round)
     prediction: dict[str, str] = {}
     for a in answers:
         prediction[qid_key(a["question_id"])] = a["text"]

@@ -10,7 +10,8 @@ Conversion (evaluation.md §2.7), reproduced exactly:
   in the ground truth, use the two-space variant ``  Please answer yes or no.``.
 * ground truth: ``MME_Benchmark_release_version/<subtask>/questions_answers_YN/*.txt`` for subtasks
   with an ``images/`` folder, else ``<subtask>/*.txt``; each line ``question<TAB>Yes|No`` (stripped).
-* per subtask, lines ``file<TAB>question<TAB>gt<TAB>prediction`` in answer-file order.
+* per subtask, lines ``file<TAB>question<TAB>gt<TAB>prediction`` in answer-file order (here: the
+  answers of one image kept together, see the deviations).
 
 Calculation, reproduced exactly:
 
@@ -23,7 +24,11 @@ Calculation, reproduced exactly:
 * Perception = sum over the 10 perception subtasks, Cognition = sum over the 4 cognition subtasks.
 
 Deviations: a subtask with no answers scores 0 and is listed in ``missing_subtasks`` (upstream
-crashes); an odd number of answers in a subtask is an error (upstream's assert).
+crashes); an odd number of answers in a subtask is an error (upstream's assert). Upstream pairs a
+subtask's lines by position, so an answers file out of question order (a resumed or merged run) pairs
+questions of different images; here a subtask's rows are grouped by image (``question_id``, in order of
+first appearance, answer order within an image), which changes nothing for a file in question order. An
+image with an odd number of answers, or the same question answered twice, is an error.
 """
 
 from __future__ import annotations
@@ -79,8 +84,10 @@ def mme_question(prompt: str) -> tuple[str, str]:
 
 
 def convert_answers(answers: Sequence[Mapping], gt: GroundTruth) -> dict[str, list[tuple[str, str, str, str]]]:
-    """Per subtask, the (file, question, gt, prediction) rows that ``calculation.py`` reads, in order."""
-    rows: dict[str, list[tuple[str, str, str, str]]] = defaultdict(list)
+    """Per subtask, the (file, question, gt, prediction) rows that ``calculation.py`` reads, the two rows of
+    an image next to each other."""
+    by_image: dict[str, dict[str, list[tuple[str, str, str, str]]]] = defaultdict(dict)
+    seen: set[tuple[str, str, str]] = set()
     for a in answers:
         qid = str(a["question_id"])
         category = qid.split("/")[0]
@@ -89,8 +96,19 @@ def convert_answers(answers: Sequence[Mapping], gt: GroundTruth) -> dict[str, li
         question = one if (category, file, one) in gt else two
         if (category, file, question) not in gt:
             raise ScorerInputError(f"no MME ground truth for {qid!r} and question {one!r}")
-        rows[category].append((file, question, gt[(category, file, question)], a["text"]))
-    return dict(rows)
+        if (category, file, question) in seen:
+            raise ScorerInputError(f"MME question {question!r} of {qid!r} is answered twice; keep one answer per "
+                                   "question (delete the repeats, or rerun with --overwrite)")
+        seen.add((category, file, question))
+        by_image[category].setdefault(qid, []).append((file, question, gt[(category, file, question)], a["text"]))
+    rows: dict[str, list[tuple[str, str, str, str]]] = {}
+    for category, images in by_image.items():
+        for qid, image_rows in images.items():
+            if len(image_rows) % 2:
+                raise ScorerInputError(f"MME image {qid!r} has {len(image_rows)} answer(s); its questions are "
+                                       "scored in pairs (answer both)")
+        rows[category] = [row for image_rows in images.values() for row in image_rows]
+    return rows
 
 
 def parse_prediction(pred: str) -> str:

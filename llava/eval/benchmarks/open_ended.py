@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import qid_key
+from .common import check_unique_ids, qid_key
 
 
 def mmvet_results(answers: Sequence[Mapping]) -> dict[str, str]:
+    check_unique_ids(answers, "MM-Vet answers")
     return {f"v1_{a['question_id']}": a["text"] for a in answers}
 
 
@@ -23,6 +24,7 @@ def llavabench_review_inputs(answers: Sequence[Mapping], questions: Sequence[Map
                              contexts: Sequence[Mapping], references: Sequence[Mapping]) -> list[dict[str, Any]]:
     caption = {str(c.get("image")): c.get("caption", "") for c in contexts}
     reference = {qid_key(r["question_id"]): r.get("text", "") for r in references}
+    check_unique_ids(answers, "LLaVA-Bench answers")
     candidate = {qid_key(a["question_id"]): a["text"] for a in answers}
     out = []
     for q in questions:

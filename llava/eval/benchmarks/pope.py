@@ -3,14 +3,19 @@
 Rules reproduced exactly (evaluation.md §2.6):
 
 * For each label file ``coco_pope_<split>.json`` (JSON lines, one ``{"label": ...}`` per question):
-  take the answers whose question (looked up in the question file) has ``category == <split>``, in
-  answer-file order, and pair them with the labels **by position** (``zip``: the shorter list wins).
+  the n-th label belongs to the n-th question of the question file with ``category == <split>``
+  (the label file and the question file list the split's questions in the same order).
 * Yes/no parsing: keep the text before the first ``.``; delete ``,``; split on single spaces; if a
   token is exactly ``No``, ``no`` or ``not`` the answer is no, otherwise yes (also for empty text).
 * Labels: ``"no"`` is negative, anything else positive. Positive = yes.
 * precision, recall, F1, accuracy over the zipped pairs; yes-ratio over all answers of the split.
 
-Deviations: zero denominators give 0 instead of raising. Metrics are stored in percent.
+Deviations: upstream pairs the split's answers, in answer-file order, with the labels by position, so
+an answers file out of question order (a resumed or merged run) is scored against the wrong labels;
+here each answer takes the label of its own question id, which gives the same numbers on a file in
+question order. An answer to a question outside the question file, an answer repeated, and a question
+without an answer in a split that has answers are errors; a split with no answers at all is listed in
+``missing_splits``. Zero denominators give 0 instead of raising. Metrics are stored in percent.
 Headline: the mean of the per-split F1 (FasterVLM's "Average F1"), over splits that have answers.
 """
 
@@ -62,27 +67,41 @@ def split_metrics(texts: Sequence[str], labels: Sequence[str]) -> dict[str, Any]
 def score_pope(answers: Sequence[Mapping], questions: Sequence[Mapping],
                labels_by_split: Mapping[str, Sequence[str]]) -> dict[str, Any]:
     """Per-split metrics and the mean F1. ``labels_by_split``: split name -> labels in file order."""
-    category = {}
+    category: dict[str, Any] = {}
+    split_questions: dict[Any, list[str]] = {}
     for q in questions:
-        category[qid_key(q["question_id"])] = q.get("category")
+        key = qid_key(q["question_id"])
+        category[key] = q.get("category")
+        split_questions.setdefault(q.get("category"), []).append(key)
+    answer_text: dict[str, str] = {}
+    for a in answers:
+        key = qid_key(a["question_id"])
+        if key not in category:
+            raise ScorerInputError(f"answer question_id {a['question_id']!r} is not in the POPE question file")
+        if key in answer_text:
+            raise ScorerInputError(f"question_id {a['question_id']!r} is answered twice; keep one answer per "
+                                   "question (delete the repeats, or rerun with --overwrite)")
+        answer_text[key] = a["text"]
     splits: dict[str, Any] = {}
     missing_splits = []
     warnings = []
     for split in sorted(labels_by_split):
-        texts = []
-        for a in answers:
-            key = qid_key(a["question_id"])
-            if key not in category:
-                raise ScorerInputError(f"answer question_id {a['question_id']!r} is not in the POPE question file")
-            if category[key] == split:
-                texts.append(a["text"])
-        labels = labels_by_split[split]
-        if not texts:
+        labels = list(labels_by_split[split])
+        qids = split_questions.get(split, [])
+        answered = [k for k in qids if k in answer_text]
+        if not answered:
             missing_splits.append(split)
             continue
-        if len(texts) != len(labels):
-            warnings.append(f"{split}: {len(texts)} answers but {len(labels)} labels; paired by position")
-        splits[split] = split_metrics(texts, labels)
+        if len(answered) != len(qids):
+            unanswered = [k for k in qids if k not in answer_text]
+            raise ScorerInputError(
+                f"POPE split {split}: {len(unanswered)} of {len(qids)} questions have no answer (first: "
+                f"{unanswered[0]}); finish the run (rerun it: it resumes)")
+        if len(qids) != len(labels):
+            warnings.append(f"{split}: {len(qids)} questions but {len(labels)} labels; the first "
+                            f"{min(len(qids), len(labels))} are paired")
+        # question order: the first len(labels) answers meet their own labels, as zip pairs them
+        splits[split] = split_metrics([answer_text[k] for k in qids], labels)
     f1s = [m["f1"] for m in splits.values()]
     return {
         "mean_f1": sum(f1s) / len(f1s) if f1s else 0.0,

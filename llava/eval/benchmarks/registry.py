@@ -11,10 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from . import gqa, mmbench, mme, open_ended, pope, science_qa, seed, textvqa, vizwiz, vqav2
-from .common import ScorerInputError, load_answers, read_json, read_jsonl, read_tsv, write_json, write_jsonl
+from .common import (
+    ScorerInputError,
+    load_answers,
+    match_to_questions,
+    qid_key,
+    read_json,
+    read_jsonl,
+    read_tsv,
+    write_json,
+    write_jsonl,
+)
 
 DEFAULT_DATA_ROOT = Path("playground/data/eval")
 BUDGET_ARG = "visual_token_num"  # the method argument that holds a token budget (llava.compression)
+BASELINE_METHODS = ("none", "baseline")  # no compression: the answers / results file is named ``full``
+FULL = "full"
 
 LOADER = "llava.eval.model_vqa_loader"
 SCIENCE = "llava.eval.model_vqa_science"
@@ -28,9 +40,10 @@ class ScoreContext:
 
     task: BenchmarkTask
     data_dir: Path
-    answers: list[dict]
+    answers: list[dict]  # in question-file order (see common.match_to_questions)
     answers_file: Path
     bad_lines: int = 0
+    questions: list[dict] | None = None  # the question file's records, loaded once
     question_file: Path | None = None
     annotation_file: Path | None = None
     converted_file: Path | None = None  # where the upload / converted file goes (None: not written)
@@ -92,7 +105,7 @@ def load_question_file(path: Path) -> list[dict]:
 
 def _questions(ctx: ScoreContext, keys: Sequence[str] = ("question_id",)) -> list[dict]:
     path = ctx.question_path()
-    records = load_question_file(path)
+    records = ctx.questions if ctx.questions is not None else load_question_file(path)
     for i, rec in enumerate(records, 1):
         if not isinstance(rec, Mapping) or any(k not in rec for k in keys):
             raise ScorerInputError(f"question file {path} record {i} lacks one of {', '.join(keys)}")
@@ -274,6 +287,27 @@ def get_task(name: str) -> BenchmarkTask:
 # --- results files -------------------------------------------------------------------------------
 
 
+def _in_question_order(task: BenchmarkTask, answers: list[dict], questions: list[dict], answers_where: str,
+                       questions_where: str) -> list[dict]:
+    """The answers paired with the question file by id (MMBench: by index and round), in its order."""
+    if task.name.startswith("mmbench"):
+        all_rounds = any(mmbench.answer_round(a)[1] != 0 for a in answers)  # --all-rounds: one per option
+        keys = []
+        for i, row in enumerate(questions, 1):
+            if "index" not in row:
+                raise ScorerInputError(f"{questions_where} row {i} has no 'index'")
+            rounds = len(mmbench.row_options(row)) if all_rounds else 1
+            keys += [(qid_key(row["index"]), r) for r in range(rounds)]
+        return match_to_questions(answers, keys, mmbench.answer_round, answers_where, questions_where,
+                                  shown=lambda k: f"{k[0]} round {k[1]}" if all_rounds else k[0])
+    id_field = "id" if task.name == "sqa" else "question_id"
+    for i, q in enumerate(questions, 1):
+        if not isinstance(q, Mapping) or id_field not in q:
+            raise ScorerInputError(f"{questions_where} record {i} has no '{id_field}'")
+    return match_to_questions(answers, [qid_key(q[id_field]) for q in questions],
+                              lambda a: qid_key(a["question_id"]), answers_where, questions_where)
+
+
 def _path_part(value: Any) -> str:
     text = str(value).strip() or "unknown"
     return text.replace("/", "_").replace("\\", "_").replace(" ", "_")
@@ -312,9 +346,17 @@ def _budget(method_args: Mapping[str, Any]) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def budget_label(method: str, visual_tokens: Any) -> str:
+    """The file name stem of a run's results / upload file: ``full`` for the uncompressed baseline (as its
+    answers file), else the token budget (``na`` when unknown)."""
+    if str(method).lower() in BASELINE_METHODS:
+        return FULL
+    return "na" if visual_tokens is None else _path_part(visual_tokens)
+
+
 def results_path(data_root: str | Path, task: BenchmarkTask, checkpoint: str, method: str,
                  visual_tokens: Any) -> Path:
-    tokens = "na" if visual_tokens is None else _path_part(visual_tokens)
+    tokens = budget_label(method, visual_tokens)
     return (Path(data_root) / task.data_dir / "results" / _path_part(checkpoint) / _path_part(method)
             / f"{tokens}.json")
 
@@ -323,7 +365,7 @@ def converted_path(data_root: str | Path, task: BenchmarkTask, checkpoint: str, 
                    visual_tokens: Any) -> Path | None:
     if task.converted_ext is None:
         return None
-    tokens = "na" if visual_tokens is None else _path_part(visual_tokens)
+    tokens = budget_label(method, visual_tokens)
     folder = "eval_tool/answers" if task.name == "mme" else "answers_upload"
     base = Path(data_root) / task.data_dir / folder / _path_part(checkpoint) / _path_part(method)
     return base / tokens if task.converted_ext == "dir" else base / f"{tokens}.{task.converted_ext}"
@@ -342,6 +384,11 @@ def score(benchmark: str, answers_file: str | Path, *, data_root: str | Path = D
         raise ScorerInputError(f"benchmark folder not found: {data_dir}")
     tolerant = benchmark in ("vqav2", "vizwiz")
     answers, bad = load_answers(answers_file, tolerant=tolerant)
+    question_path = Path(question_file) if question_file else data_dir / task.question_file
+    questions = load_question_file(question_path)
+    bad_note = f" ({bad} unreadable lines skipped)" if bad else ""
+    answers = _in_question_order(task, answers, questions, f"answers file {answers_file}{bad_note}",
+                                 f"question file {question_path}")
     prov = _answers_provenance(answers)
     checkpoint = checkpoint or prov["model_id"] or "unknown"
     method = method or prov["method"] or "none"
@@ -354,7 +401,7 @@ def score(benchmark: str, answers_file: str | Path, *, data_root: str | Path = D
     if write_converted:
         conv = Path(converted_file) if converted_file else converted_path(data_root, task, checkpoint, method,
                                                                           visual_tokens)
-    ctx = ScoreContext(task, data_dir, answers, Path(answers_file), bad,
+    ctx = ScoreContext(task, data_dir, answers, Path(answers_file), bad, questions,
                        Path(question_file) if question_file else None,
                        Path(annotation_file) if annotation_file else None, conv)
     outcome = task.scorer(ctx)
@@ -365,6 +412,7 @@ def score(benchmark: str, answers_file: str | Path, *, data_root: str | Path = D
         "benchmark": task.name,
         "checkpoint": checkpoint,
         "method": method,
+        "compression_method": prov["method"],
         "method_args": method_args,
         "visual_tokens": visual_tokens,
         "visual_tokens_mean": prov["visual_tokens_mean"],

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import ScorerInputError, pct, qid_key, read_json
+from .common import ScorerInputError, check_unique_ids, pct, qid_key, read_json
 
 OPTIONS = ("A", "B", "C", "D", "E")
 _ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
@@ -83,7 +83,8 @@ class ScienceQAScore:
 
 def score_science_qa(problems: Mapping[str, Mapping], split_ids: Sequence[str],
                      answers: Sequence[Mapping]) -> ScienceQAScore:
-    predictions = {qid_key(a["question_id"]): a for a in answers}  # last one wins, as upstream
+    check_unique_ids(answers, "ScienceQA answers")  # upstream lets the last one win
+    predictions = {qid_key(a["question_id"]): a for a in answers}
     correct_list: list[dict] = []
     incorrect_list: list[dict] = []
     result: dict[str, Any] = {"acc": None, "correct": None, "count": None, "results": {}, "outputs": {}}

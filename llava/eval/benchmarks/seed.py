@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import ScorerInputError, pct, qid_key
+from .common import ScorerInputError, check_unique_ids, pct, qid_key
 
 
 def _questions(annotation: Mapping) -> list[Mapping]:
@@ -34,6 +34,7 @@ def _questions(annotation: Mapping) -> list[Mapping]:
 def score_seed(answers: Sequence[Mapping], annotation: Mapping) -> dict[str, Any]:
     questions = _questions(annotation)
     names = {v: k for k, v in (annotation.get("question_type") or {}).items()}
+    check_unique_ids(answers, "SEED-Bench answers")
     results = {qid_key(a["question_id"]): a["text"] for a in answers}
     per_type: dict[Any, list[int]] = defaultdict(list)
     per_data: dict[str, list[int]] = defaultdict(list)
@@ -57,6 +58,7 @@ def score_seed(answers: Sequence[Mapping], annotation: Mapping) -> dict[str, Any
 
 
 def upload_lines(answers: Sequence[Mapping], annotation: Mapping) -> list[dict[str, Any]]:
+    check_unique_ids(answers, "SEED-Bench answers")
     results = {qid_key(a["question_id"]): a["text"] for a in answers}
     return [{"question_id": q["question_id"], "prediction": results.get(qid_key(q["question_id"]), "")}
             for q in _questions(annotation)]

@@ -8,6 +8,9 @@ Rules reproduced exactly (evaluation.md §2.4):
 * Each answer is scored with the 10-annotator soft accuracy after EvalAI normalisation
   (:mod:`.vqa_eval`); the dataset score is ``100 * mean`` over the *answers present* (questions with
   no answer are not counted, as upstream).
+
+Ids repeat in the question file (one image, several questions), so an answer is identified by its image
+and its question; the same (image, question) answered twice is an error.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import ScorerInputError, read_json
+from .common import AnswerIdError, ScorerInputError, read_json
 from .vqa_eval import vqa_accuracy
 
 _OCR_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
@@ -55,11 +58,16 @@ def index_annotations(annotation: Mapping) -> dict[tuple[str, str], Mapping]:
 def score_textvqa(answers: Sequence[Mapping], annotation: Mapping) -> dict[str, Any]:
     index = index_annotations(annotation)
     scores = []
+    seen: set[tuple[str, str]] = set()
     for i, ans in enumerate(answers, 1):
         try:
             question = prompt_question(str(ans.get("prompt", "")))
         except ValueError as e:
             raise ScorerInputError(f"answer {i} (question_id {ans['question_id']!r}): {e}") from None
+        if (str(ans["question_id"]), question) in seen:
+            raise AnswerIdError(f"answer {i}: image {ans['question_id']!r} and question {question!r} are answered "
+                                "twice; keep one answer per question (delete the repeats, or rerun with --overwrite)")
+        seen.add((str(ans["question_id"]), question))
         entry = index.get((str(ans["question_id"]), question))
         if entry is None:
             raise ScorerInputError(

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import ScorerInputError, qid_key
+from .common import ScorerInputError, check_unique_ids, qid_key
 from .vqa_eval import normalize_answer, vqa_accuracy
 
 
 def upload_answers(answers: Sequence[Mapping], questions: Sequence[Mapping]) -> list[dict[str, Any]]:
+    check_unique_ids(answers, "VizWiz answers")
     results = {qid_key(a["question_id"]): a["text"] for a in answers}
     missing = [q["question_id"] for q in questions if qid_key(q["question_id"]) not in results]
     if missing:
@@ -43,6 +44,7 @@ def annotation_answers(annotation: Any) -> dict[str, list[str]]:
 
 def local_accuracy(answers: Sequence[Mapping], questions: Sequence[Mapping],
                    gt: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    check_unique_ids(answers, "VizWiz answers")
     image_of = {qid_key(q["question_id"]): str(q["image"]) for q in questions}
     scores = []
     for a in answers:

@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .common import ScorerInputError, qid_key
+from .common import ScorerInputError, check_unique_ids, qid_key
 from .vqa_eval import normalize_answer, vqa_accuracy
 
 
 def upload_answers(answers: Sequence[Mapping], test_questions: Sequence[Mapping]) -> list[dict[str, Any]]:
+    check_unique_ids(answers, "VQAv2 answers")
     results = {qid_key(a["question_id"]): a["text"] for a in answers}
     out = []
     for q in test_questions:
@@ -46,6 +47,7 @@ def annotation_answers(annotation: Any) -> dict[str, list[str]]:
 
 
 def local_accuracy(answers: Sequence[Mapping], gt: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    check_unique_ids(answers, "VQAv2 answers")
     scores = []
     for a in answers:
         answers_gt = gt.get(qid_key(a["question_id"]))
