@@ -37,7 +37,9 @@ def test_answers_keep_llava_schema(tiny_hf, vqa_questions, image_folder, tmp_pat
         assert set(a) == ANSWER_KEYS
         assert a["prompt"] == q["text"]  # exactly the question file's text, no <image> prefix
         assert a["model_id"] == "tiny-llava-hf"
-        assert a["metadata"] == {"method": "none", "method_args": {}, "visual_tokens": 576}
+        assert a["metadata"] == {"method": "none", "method_args": {}, "visual_tokens": 576,
+                                 "run": {"conv_mode": "vicuna_v1", "max_new_tokens": 8, "temperature": 0.0,
+                                         "top_p": None, "num_beams": 1}}
     assert len({a["text"] for a in answers}) > 1  # the image and question change the (random) answer
 
 
