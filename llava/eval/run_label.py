@@ -27,7 +27,7 @@ NOT_SETTINGS = frozenset({
     "--num-workers", "--device", "--batch-size", "--overwrite", "--skip-bad-inputs", "--retry-errors",
     "--save-kept-tokens", "--no-save-kept-tokens",
 })
-_PLAIN = re.compile(r"[A-Za-z0-9.,+=-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9_.,+=-]+")
 
 
 class LabelError(ValueError):
@@ -61,7 +61,7 @@ def parse_flags(args: list[str]) -> dict[str, str | None]:
 def _value_part(value: str) -> str:
     if _PLAIN.fullmatch(value):
         return value
-    readable = re.sub(r"[^A-Za-z0-9.,+=-]+", "-", value).strip("-")[-40:]
+    readable = re.sub(r"[^A-Za-z0-9_.,+=-]+", "-", value).strip("-")[-40:]
     digest = hashlib.sha1(value.encode("utf-8")).hexdigest()[:6]
     return f"{readable}-{digest}" if readable else digest
 
