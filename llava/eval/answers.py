@@ -142,9 +142,9 @@ class AnswerWriter:
         with open(self.path, "rb") as f:
             data = f.read()
         records, good_end = self._parse(data)
+        self._check_settings(records, settings)  # before anything in the file changes
         if good_end < len(data) or not data.endswith(b"\n"):
             self._repair_tail(data, good_end)
-        self._check_settings(records, settings)
         keys, kept_lines, occurrences = [], [], {}
         for record, line in records:
             base = answer_key(record)
