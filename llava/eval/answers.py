@@ -115,9 +115,7 @@ class AnswerWriter:
         try:
             os.makedirs(folder, exist_ok=True)
             self._lock = _lock_when_free(path, lock_wait_s)
-        except FileLockedError:
-            raise
-        except OSError as err:
+        except OSError as err:  # (a FileLockedError, a ValueError, passes through)
             raise AnswersFileError(f"cannot write answers file {path}: {_os_reason(err)} (folder {folder}); "
                                    "make it writable or pass another answers file") from None
         try:
