@@ -18,7 +18,8 @@ def load_image(path: str | os.PathLike, convert_rgb: bool = True) -> Image.Image
     """Open an image fully (so that truncated files fail here, not later).
 
     Raises:
-        BadInputError: the file is missing, is not an image, or is truncated.
+        BadInputError: the file is missing, is not an image, is truncated, or is larger than PIL's
+            decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -27,6 +28,8 @@ def load_image(path: str | os.PathLike, convert_rgb: bool = True) -> Image.Image
         with Image.open(path) as img:
             img.load()
             return img.convert("RGB") if convert_rgb else img.copy()
+    except Image.DecompressionBombError as err:
+        raise BadInputError(f"image {path} is too large to open safely ({err})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise BadInputError(f"cannot read image {path}: {err}") from None
 
@@ -41,6 +44,8 @@ def load_image_b64(data: str, what: str) -> Image.Image:
         with Image.open(io.BytesIO(base64.b64decode(data, validate=False))) as img:
             img.load()
             return img.copy()
+    except Image.DecompressionBombError as err:
+        raise BadInputError(f"the base64 image of {what} is too large to open safely ({err})") from None
     except (binascii.Error, UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise BadInputError(f"cannot decode the base64 image of {what}: {err}") from None
 

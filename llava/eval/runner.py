@@ -1,8 +1,10 @@
 """The shared evaluation loop behind every ``llava.eval.model_vqa*`` entry point.
 
-Arguments are validated (method flags against the checkpoint's geometry, question file, chunk) before the
-model loads. Answers are appended and flushed per record; a rerun of the same command skips question ids
-already in the answer file (``--overwrite`` starts fresh). A bad image stops the run with a message naming
+Arguments are validated (method flags against the checkpoint's geometry, question file, chunk, answers file)
+before the model loads. Answers are appended per record (:class:`llava.eval.answers.AnswerWriter`: one writer
+per file, a lock beside it); a rerun of the same command skips questions already in the answer file, and
+refuses a file whose answers were made with other settings (checkpoint, method and its arguments, conversation
+mode, decoding: ``metadata.run``); ``--overwrite`` starts fresh. A bad image stops the run with a message naming
 the question and the file, or, with ``--skip-bad-inputs``, is recorded in that answer's ``metadata.error``.
 """
 
@@ -19,10 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from llava.compression.registry import CompressionConfigError, add_method_arguments, config_from_args
-from llava.eval.answers import AnswerWriter
+from llava.eval.answers import AnswerWriter, refuse_input_as_answers
 from llava.eval.data_parallel import chunk_file, launch_info, mark_done, merge_when_done
 from llava.eval.inference import GenerationSettings, LlavaGenerator
+from llava.eval.parent_watch import exit_with_parent
 from llava.eval.questions import EvalItem, QuestionFileError, get_chunk, number_occurrences
+from llava.eval.run_settings import record_settings, run_metadata
 from llava.mm_utils import BadInputError, load_image, load_image_b64
 from llava.model.builder import get_model_name_from_path, load_pretrained_model, read_model_geometry
 from llava.model.original_layout import CheckpointError
@@ -105,18 +109,29 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
         args.answers_file = chunk_file(final_answers, launch.world_size, launch.rank)
         if args.device == "auto" and torch.cuda.is_available():
             args.device = f"cuda:{launch.local_rank}"
-    items = number_occurrences(get_chunk(load_items(), args.num_chunks, args.chunk_idx))
-    writer = AnswerWriter(args.answers_file, overwrite=args.overwrite, retry_errors=args.retry_errors)
-    if writer.dropped_partial_line:
-        print(f"note: dropped an incomplete last line of {args.answers_file} (interrupted run)", file=sys.stderr)
-    todo = [it for it in items if not writer.is_answered(it.key)]
-    print(f"{len(items)} questions in chunk {args.chunk_idx}/{args.num_chunks}: "
-          f"{len(items) - len(todo)} already answered, {len(todo)} to run; method {method.name} {method.to_dict()}")
-    if not todo:
-        writer.close()
-        _finish_data_parallel(launch, args, final_answers)
-        return
+    for answers in {final_answers, args.answers_file}:
+        refuse_input_as_answers(answers, {"--question-file": args.question_file})
+    all_items = load_items()
+    if not all_items:
+        raise QuestionFileError(f"question file {args.question_file} holds no questions (check --question-file)")
+    items = number_occurrences(get_chunk(all_items, args.num_chunks, args.chunk_idx))
+    model_id = get_model_name_from_path(args.model_path)
+    base_metadata = {"method": method.name, "method_args": method.to_dict(),
+                     "run": run_metadata(args.conv_mode, args.max_new_tokens, args.temperature, args.top_p,
+                                         args.num_beams, args.seed)}
+    with AnswerWriter(args.answers_file, record_settings({"model_id": model_id, "metadata": base_metadata}),
+                      [it.key for it in items], overwrite=args.overwrite, retry_errors=args.retry_errors) as writer:
+        todo = [it for it in items if not writer.is_answered(it.key)]
+        print(f"{len(items)} questions in chunk {args.chunk_idx}/{args.num_chunks}: {len(items) - len(todo)} "
+              f"already answered, {len(todo)} to run; method {method.name} {method.to_dict()}")
+        if todo:
+            _answer(args, todo, writer, settings, method, model_id, base_metadata)
+    _finish_data_parallel(launch, args, final_answers)
 
+
+def _answer(args: argparse.Namespace, todo: list[EvalItem], writer: AnswerWriter, settings: GenerationSettings,
+            method, model_id: str, base_metadata: dict) -> None:
+    """Load the model and answer ``todo`` in order, appending each answer to ``writer``."""
     torch.manual_seed(args.seed)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, device=args.device, dtype=args.dtype,
@@ -127,13 +142,11 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
 
         apply(model, method)
     generator = LlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
-    model_id = get_model_name_from_path(args.model_path)
-    base_metadata = {"method": method.name, "method_args": method.to_dict()}
 
     loader = DataLoader(_ItemImages(todo, image_processor), batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers, collate_fn=list)
     visual_tokens_total, answered, with_image, start = 0, 0, 0, time.time()
-    with writer, tqdm(total=len(todo), unit="q", desc="answering", dynamic_ncols=True) as bar:
+    with tqdm(total=len(todo), unit="q", desc="answering", dynamic_ncols=True) as bar:
         for batch in loader:
             good = []
             for index, pixels, error in batch:
@@ -141,13 +154,13 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
                 if error is None:
                     good.append((item, pixels))
                 elif args.skip_bad_inputs:
-                    writer.write(_record(item, "", model_id, dict(base_metadata, error=error)))
+                    writer.write(_record(item, "", model_id, dict(base_metadata, error=error)), item.key)
                 else:
                     raise BadInputError(error + " (rerun with --skip-bad-inputs to record it and go on)")
             if good:
                 results = generator.generate([it.message for it, _ in good], [p for _, p in good], settings)
                 for (item, _), result in zip(good, results):
-                    writer.write(_record(item, result.text, model_id, dict(base_metadata, **result.trace)))
+                    writer.write(_record(item, result.text, model_id, dict(base_metadata, **result.trace)), item.key)
                     answered += 1
                     if item.has_image:
                         visual_tokens_total += result.trace.get("visual_tokens", 0)
@@ -155,7 +168,6 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
             bar.update(len(batch))
             if with_image:
                 bar.set_postfix(visual_tokens=f"{visual_tokens_total / with_image:.1f}")
-    _finish_data_parallel(launch, args, final_answers)
     elapsed = time.time() - start
     if answered:
         tokens = f"{visual_tokens_total / with_image:.1f} per image" if with_image else "no images"
@@ -178,7 +190,9 @@ def _record(item: EvalItem, text: str, model_id: str, metadata: dict) -> dict:
 
 
 def main_with_errors(fn: Callable[[], None]) -> None:
-    """Run an entry point; user errors print one line (no traceback) and exit with status 2."""
+    """Run an entry point; user errors print one line (no traceback) and exit with status 2. Started by a runner,
+    the entry point ends with it (:func:`llava.eval.parent_watch.exit_with_parent`)."""
+    exit_with_parent()
     try:
         fn()
     except USER_ERRORS as err:

@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +13,7 @@ from llava.eval.inference import LlavaGenerator
 from llava.eval.questions import split_list
 from tests.conftest import read_jsonl, write_vqa_questions
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSWER_KEYS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
 
 
@@ -37,7 +40,9 @@ def test_answers_keep_llava_schema(tiny_hf, vqa_questions, image_folder, tmp_pat
         assert set(a) == ANSWER_KEYS
         assert a["prompt"] == q["text"]  # exactly the question file's text, no <image> prefix
         assert a["model_id"] == "tiny-llava-hf"
-        assert a["metadata"] == {"method": "none", "method_args": {}, "visual_tokens": 576}
+        assert a["metadata"] == {"method": "none", "method_args": {}, "visual_tokens": 576,
+                                 "run": {"conv_mode": "vicuna_v1", "max_new_tokens": 8, "temperature": 0.0,
+                                         "top_p": None, "num_beams": 1}}
     assert len({a["text"] for a in answers}) > 1  # the image and question change the (random) answer
 
 
@@ -122,8 +127,71 @@ def test_missing_image_fails_clearly_and_keeps_answers(tiny_hf, image_folder, tm
         retried = _run(model_vqa_loader, tiny_hf, questions, image_folder, answers_file, "--retry-errors")
     finally:
         os.remove(os.path.join(image_folder, "missing.png"))
-    assert sorted(a["question_id"] for a in retried) == [100, 101, 102, 103, 104]
+    assert [a["question_id"] for a in retried] == [100, 101, 102, 103, 104]  # still in question order
     assert all("error" not in a["metadata"] for a in retried)
+    assert retried[:3] + retried[4:] == answers[:3] + answers[4:]
+
+
+def test_resume_refuses_answers_made_with_other_settings(tiny_hf, vqa_questions, image_folder, tmp_path, capsys):
+    """A rerun with another method argument, decoding setting or method must not resume (and re-score) the
+    first run's answers."""
+    answers_file = str(tmp_path / "a.jsonl")
+    fastv = ["--method", "fastv", "--visual-token-num", "64"]
+    _run(model_vqa_loader, tiny_hf, vqa_questions, image_folder, answers_file, *fastv, "--fastv-k", "1")
+    before = open(answers_file).read()
+    capsys.readouterr()
+    for extra, difference in [([*fastv, "--fastv-k", "3"], "method_args.fastv_k: 1 vs 3"),
+                              ([*fastv, "--fastv-k", "1", "--max_new_tokens", "6"], "run.max_new_tokens: 8 vs 6"),
+                              (["--method", "none"], 'method: "fastv" vs "none"')]:
+        err = _exit_message(capsys, lambda extra=extra: _run(model_vqa_loader, tiny_hf, vqa_questions, image_folder,
+                                                             answers_file, *extra))
+        assert difference in err and answers_file in err and "--overwrite" in err
+        assert len(err.strip().splitlines()) == 1
+    assert open(answers_file).read() == before
+    again = _run(model_vqa_loader, tiny_hf, vqa_questions, image_folder, answers_file, *fastv, "--fastv-k", "1")
+    assert open(answers_file).read() == before and len(again) == 6
+
+
+def test_two_loaders_on_one_answers_file_answer_each_question_once(tiny_hf, image_folder, tmp_path):
+    questions = write_vqa_questions(str(tmp_path / "q.jsonl"), 6)
+    answers_file = str(tmp_path / "a.jsonl")
+    cmd = [sys.executable, "-m", "llava.eval.model_vqa_loader", "--model-path", tiny_hf, "--question-file", questions,
+           "--image-folder", image_folder, "--answers-file", answers_file, "--num-workers", "0", "--max_new_tokens", "8"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    answers = read_jsonl(answers_file)
+    assert [a["question_id"] for a in answers] == list(range(100, 106))
+    for proc, (_, err) in zip(procs, outs):  # the second either waited for the first, or stopped naming it
+        assert proc.returncode == 0 or (proc.returncode == 2 and "being written by another process (pid" in err), err
+        assert "Traceback" not in err
+
+
+def test_rerun_after_a_write_cut_after_the_closing_brace(tiny_hf, vqa_questions, image_folder, tmp_path):
+    answers_file = tmp_path / "a.jsonl"
+    full = _run(model_vqa_loader, tiny_hf, vqa_questions, image_folder, str(answers_file))
+    lines = answers_file.read_text().splitlines()
+    answers_file.write_text("\n".join(lines[:4]))  # killed right after the 4th record's "}"
+    resumed = _run(model_vqa_loader, tiny_hf, vqa_questions, image_folder, str(answers_file))
+    assert resumed == full[:4] + resumed[4:] and [a["text"] for a in resumed] == [a["text"] for a in full]
+    assert _run(model_vqa_loader, tiny_hf, vqa_questions, image_folder, str(answers_file)) == resumed
+
+
+@pytest.mark.filterwarnings("ignore:Image size")
+def test_an_image_over_the_pixel_limit_is_a_bad_input(tiny_hf, image_folder, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    # img1.png (301 x 640 = 192,640 pixels) is over twice the limit: an error; img0 and img2 only warn
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 90_000)
+    questions = write_vqa_questions(str(tmp_path / "q.jsonl"), 3)
+    answers_file = str(tmp_path / "a.jsonl")
+    err = _exit_message(capsys, lambda: _run(model_vqa_loader, tiny_hf, questions, image_folder, answers_file))
+    assert "question 101: image" in err and "img1.png is too large to open safely" in err
+    assert [a["question_id"] for a in read_jsonl(answers_file)] == [100]
+    answers = _run(model_vqa_loader, tiny_hf, questions, image_folder, answers_file, "--skip-bad-inputs")
+    assert [a["question_id"] for a in answers] == [100, 101, 102]
+    assert "too large to open safely" in answers[1]["metadata"]["error"]
 
 
 @pytest.mark.parametrize(

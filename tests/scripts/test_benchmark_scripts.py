@@ -72,7 +72,7 @@ def test_three_gpu_chunks_merge_to_the_unchunked_file(tiny_hf, data_root, tmp_pa
     proc = _script("FasterVLM/pope.sh", "64", env_extra=dict(one, DATA_ROOT=three_root, CUDA_VISIBLE_DEVICES="0,1,2"))
     assert "3 chunk(s)" in proc.stdout
     chunk_dir = os.path.join(three_root, "pope", "answers", "tiny-llava-hf", "fastervlm", "64_chunks")
-    assert sorted(os.listdir(chunk_dir)) == ["3_0.jsonl", "3_1.jsonl", "3_2.jsonl"]
+    assert sorted(f for f in os.listdir(chunk_dir) if not f.endswith(".lock")) == ["3_0.jsonl", "3_1.jsonl", "3_2.jsonl"]
     merged_three = read_jsonl(os.path.join(three_root, "pope", "answers", "tiny-llava-hf", "fastervlm", "64.jsonl"))
     assert _strip(merged_three) == _strip(merged_one)
 
@@ -118,3 +118,41 @@ def test_every_main_knob_is_a_flag_of_its_method():
         assert method in available_methods(), method
         flags = {f.metadata.get("flag") for f in get_method(method).config_cls.__dataclass_fields__.values()}
         assert flag in flags, (method, flag)
+
+
+def test_answers_label_names_every_setting_given():
+    from llava.eval.run_benchmark import answers_label, method_flags
+    from llava.eval.run_label import settings_label
+
+    assert method_flags("fastv", "64", None) == ("fastv", ["--method", "fastv", "--visual-token-num", "64"], [])
+    assert answers_label("fastv", [], "vicuna_v1", []) == "fastv"  # the default run's path is unchanged
+    assert answers_label("none", [], "vicuna_v1", []) == "none"
+    _, _, knob = method_flags("fastv", "64", "3")
+    positional = answers_label("fastv", knob, "vicuna_v1", [])
+    assert positional == "fastv_fastv-k-3" == answers_label("fastv", [], "vicuna_v1", ["--fastv-k", "3"])
+    assert answers_label("fastv", knob, "vicuna_v1", ["--fastv-k", "1"]) == "fastv_fastv-k-1"  # the last one counts
+    assert answers_label("fastv", knob, "llava_v1", ["--temperature=0.2", "--num-workers", "0", "--skip-bad-inputs",
+                                                     "--max_new_tokens", "8"]) == (
+        "fastv_conv-mode-llava_v1_fastv-k-3_max-new-tokens-8_temperature-0.2")
+    assert settings_label("fastervlm", ["--budget-mode", "global", "--keep-cls"]) == (
+        "fastervlm_budget-mode-global_keep-cls")
+    odd = settings_label("none", ["--vision-tower", "/ckpts/clip vit"])
+    assert odd.startswith("none_vision-tower-ckpts-clip-vit-") and "/" not in odd
+    assert odd != settings_label("none", ["--vision-tower", "/ckpts/clip/vit"])
+
+
+def test_settings_after_the_double_dash_get_their_own_answers(tiny_hf, tmp_path):
+    """`pope.sh 64 -- --fastv-k 1`, then `-- --fastv-k 3`: the second run must answer everything again in its own
+    file, not re-score the first run's answers."""
+    root = str(tmp_path / "eval")
+    generate(root, ["pope"])
+    env = {"MODEL_PATH": tiny_hf, "DATA_ROOT": root, "CUDA_VISIBLE_DEVICES": ""}
+    answers_root = os.path.join(root, "pope", "answers", "tiny-llava-hf")
+    runs = {}
+    for k in ("1", "3"):
+        proc = _script("FastV/pope.sh", "64", "--", "--fastv-k", k, "--max_new_tokens", "2", "--num-workers", "0",
+                       env_extra=env)
+        assert "0 already answered, 6 to run" in proc.stdout
+        runs[k] = read_jsonl(os.path.join(answers_root, f"fastv_fastv-k-{k}_max-new-tokens-2", "64.jsonl"))
+    assert [a["metadata"]["method_args"]["fastv_k"] for a in runs["1"] + runs["3"]] == [1] * 6 + [3] * 6
+    assert sorted(os.listdir(answers_root)) == ["fastv_fastv-k-1_max-new-tokens-2", "fastv_fastv-k-3_max-new-tokens-2"]

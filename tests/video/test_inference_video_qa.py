@@ -116,7 +116,7 @@ def test_chunks_resume_and_bad_inputs(ckpt, video_dir, tmp_path, capsys):
     assert run(base_args(ckpt, video_dir, qf, af, out, "2_0", "--num-chunks", "2", "--chunk-idx", "0",
                          "--retry-errors", *method)) == 0
     assert "2 already answered, 1 to run" in capsys.readouterr().out
-    assert sorted(r["id"] for r in read(out / "2_0.json")) == sorted(ids[:3])
+    assert [r["id"] for r in read(out / "2_0.json")] == ids[:3]  # the retried answer back in question order
 
 
 def test_corrupt_video_stops_with_a_clear_error(ckpt, video_dir, tmp_path, capsys):
@@ -202,11 +202,62 @@ def test_run_qa_script_chunks_over_visible_gpus_and_merges(ckpt, video_dir, tmp_
     proc = subprocess.run(["bash", str(REPO / "scripts/video/eval/run_qa_msvd.sh"), "16"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = msvd / "answers" / "tiny" / "fastervlm" / "16"
+    out = msvd / "answers" / "tiny" / "fastervlm_max-new-tokens-2" / "16"  # EXTRA_ARGS settings are in the path
     assert (out / "2_0.json").is_file() and (out / "2_1.json").is_file()
     merged = read(out / "merge.jsonl")
     assert [r["id"] for r in merged] == ["v_clip37_0", "v_clip5_1", "v_clip37_2"]
     assert all(r["metadata"]["visual_tokens"] == 128 for r in merged)
+    assert "eval_qa_msvd.sh 16 fastervlm_max-new-tokens-2 tiny" in proc.stdout
+
+    # EXTRA_ARGS="--budget-mode global" is another setting: its own folder, every question answered again
+    global_env = dict(env, CUDA_VISIBLE_DEVICES="0", EXTRA_ARGS=env["EXTRA_ARGS"] + " --budget-mode global")
+    proc = subprocess.run(["bash", str(REPO / "scripts/video/eval/run_qa_msvd.sh"), "16"], env=global_env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 already answered, 3 to run" in proc.stdout
+    merged = read(msvd / "answers" / "tiny" / "fastervlm_budget-mode-global_max-new-tokens-2" / "16" / "merge.jsonl")
+    assert [r["metadata"]["budget_mode"] for r in merged] == ["global"] * 3
+
+
+def test_resume_refuses_another_budget_mode(ckpt, video_dir, tmp_path, capsys):
+    qf, af = write_qa(tmp_path / "qa", QA[:1])
+    out = tmp_path / "out"
+    method = ["--method", "fastervlm", "--visual-token-num", "4"]
+    assert run(base_args(ckpt, video_dir, qf, af, out, "1_0", *method)) == 0
+    before = (out / "1_0.json").read_text()
+    assert read(out / "1_0.json")[0]["metadata"]["run"]["budget_mode"] == "per-frame"
+    capsys.readouterr()
+    assert run(base_args(ckpt, video_dir, qf, af, out, "1_0", *method, "--budget-mode", "global")) == 2
+    err = capsys.readouterr().err
+    assert 'run.budget_mode: "per-frame" vs "global"' in err and "--overwrite" in err and "Traceback" not in err
+    assert run(base_args(ckpt, video_dir, qf, af, out, "1_0", *method, "--budget-mode", "per-frame")) == 0
+    assert (out / "1_0.json").read_text() == before  # the explicit default is the same setting: resumed
+
+
+def test_empty_question_file_and_answers_over_an_input_are_refused(ckpt, video_dir, tmp_path, capsys):
+    qf, af = write_qa(tmp_path / "qa", [])
+    assert run(base_args(ckpt, video_dir, qf, af, tmp_path / "out", "1_0")) == 2
+    assert f"question file {qf} holds no questions" in capsys.readouterr().err
+    qf, af = write_qa(tmp_path / "qa2", QA[:1])
+    before = Path(qf).read_text()
+    output_dir, name = os.path.dirname(qf), os.path.basename(qf)[: -len(".json")]
+    assert run(base_args(ckpt, video_dir, qf, af, output_dir, name, "--overwrite")) == 2
+    assert "is the --gt-file-question file" in capsys.readouterr().err
+    assert Path(qf).read_text() == before
+
+
+@pytest.mark.parametrize("variables, named", [
+    ({"DATA_ROOT": "{root}"}, "{root}/MSVD_Zero_Shot_QA/answers/tiny/fastervlm/16/merge.jsonl"),
+    ({"EVAL_ROOT": "{root}"}, "{root}/MSVD_Zero_Shot_QA/answers/tiny/fastervlm/16/merge.jsonl"),
+    ({"EVAL_ROOT": "{root}", "DATA_ROOT": "{root}/other"}, "differ; they name the same folder"),
+])
+def test_judge_and_inference_read_one_root_variable(tmp_path, variables, named):
+    root = str(tmp_path / "GPT_Zero_Shot_QA")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "EVAL_ROOT")}
+    env.update(CKPT="tiny", PYTHON=sys.executable, **{k: v.format(root=root) for k, v in variables.items()})
+    proc = subprocess.run(["bash", str(REPO / "scripts/video/eval/eval_qa_msvd.sh"), "16"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and named.format(root=root) in proc.stderr, proc.stderr
 
 
 def test_in_llm_method_records_kept_indices_with_save_kept_tokens(ckpt, video_dir, tmp_path):

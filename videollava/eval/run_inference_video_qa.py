@@ -13,7 +13,9 @@ paired later chunks with the wrong answers). Videos are ``<video-dir>/<video-pre
 checkpoint's per-frame geometry, QA files, chunk, video folder) before the model loads.
 
 Output: ``<output-dir>/<output-name>.json`` (JSON lines, as upstream names it), one record per question, appended
-and flushed; a rerun skips question ids already there (``--overwrite`` starts fresh). Record fields, as the judge
+by one writer at a time (:class:`llava.eval.answers.AnswerWriter`, a lock beside the file); a rerun skips question
+ids already there and refuses a file whose answers were made with other settings (checkpoint, method and its
+arguments, budget mode, [CLS], conversation mode, decoding: ``metadata.run``); ``--overwrite`` starts fresh. Record fields, as the judge
 (:mod:`videollava.eval.eval_video_qa`) reads them: ``id`` (= ``question_id``), ``question``, ``answer`` (ground
 truth), ``pred`` (the stripped answer), plus ``question_id``, ``video_name``, ``answer_type``, ``model_id`` and
 ``metadata`` (method, its arguments, budget mode, whether the per-frame [CLS] is kept, ``visual_tokens`` given to
@@ -43,9 +45,10 @@ from tqdm import tqdm
 from llava.compression.pre_llm import PreLLMMethod
 from llava.compression.registry import config_from_args
 from llava.constants import MAX_NEW_TOKENS_LONG
-from llava.eval.answers import AnswerWriter
+from llava.eval.answers import AnswerWriter, refuse_input_as_answers
 from llava.eval.inference import GenerationSettings
-from llava.eval.questions import answer_key, get_chunk
+from llava.eval.questions import QuestionFileError, answer_key, get_chunk
+from llava.eval.run_settings import record_settings, run_metadata
 from llava.eval.runner import add_run_arguments, main_with_errors
 from llava.mm_utils import BadInputError
 from llava.model.builder import get_model_name_from_path
@@ -128,28 +131,56 @@ def _validate(args: argparse.Namespace):
     method = video_compression.build_video_config(method, geometry, args.budget_mode, args.keep_cls)
     if not os.path.isdir(args.video_dir):
         raise FileNotFoundError(f"--video-dir {args.video_dir} is not a folder")
-    items = get_chunk(load_qa_pairs(args.gt_file_question, args.gt_file_answers), args.num_chunks, args.chunk_idx)
+    refuse_input_as_answers(answers_path(args), {"--gt-file-question": args.gt_file_question,
+                                                 "--gt-file-answers": args.gt_file_answers})
+    pairs = load_qa_pairs(args.gt_file_question, args.gt_file_answers)
+    if not pairs:
+        raise QuestionFileError(f"question file {args.gt_file_question} holds no questions (check --gt-file-question)")
+    items = get_chunk(pairs, args.num_chunks, args.chunk_idx)
     return settings, method, items
+
+
+def answers_path(args: argparse.Namespace) -> str:
+    return os.path.join(args.output_dir, f"{args.output_name}.json")
+
+
+def run_settings_metadata(args: argparse.Namespace, method) -> dict[str, Any]:
+    """``metadata.run``: conversation mode and decoding, plus the budget mode and [CLS] choice of a pre-LLM
+    method (as :func:`videollava.model.compression.apply` resolves them)."""
+    run = run_metadata(args.conv_mode, args.max_new_tokens, args.temperature, args.top_p, args.num_beams, args.seed)
+    if isinstance(method, PreLLMMethod):
+        run.update(budget_mode=args.budget_mode or "per-frame", keep_cls=bool(args.keep_cls))
+    return run
 
 
 def run(args: argparse.Namespace) -> None:
     """Validate, resume, load, generate, append. Raises user errors (see ``main_with_errors``) for bad input."""
-    from videollava.model import compression as video_compression
 
     settings, method, items = _validate(args)
-    answers_file = os.path.join(args.output_dir, f"{args.output_name}.json")
-    writer = AnswerWriter(answers_file, overwrite=args.overwrite, retry_errors=args.retry_errors)
-    if writer.dropped_partial_line:
-        print(f"note: dropped an incomplete last line of {answers_file} (interrupted run)", file=sys.stderr)
-    todo = [it for it in items if not writer.is_answered(answer_key({"question_id": it.question_id}))]
-    print(f"{len(items)} questions in chunk {args.chunk_idx}/{args.num_chunks}: {len(items) - len(todo)} already "
-          f"answered, {len(todo)} to run; method {method.name} {method.to_dict()}"
-          + (f", budget {args.budget_mode or 'per-frame'}, keep_cls {bool(args.keep_cls)}"
-             if isinstance(method, PreLLMMethod) else ""))
-    if not todo:
-        writer.close()
-        return
+    answers_file = answers_path(args)
+    model_id = get_model_name_from_path(args.model_path)
+    run_settings = run_settings_metadata(args, method)
+    expected = record_settings({"model_id": model_id, "metadata": {"method": method.name,
+                                                                   "method_args": method.to_dict(), "run": run_settings}})
+    keys = [_key(it) for it in items]
+    with AnswerWriter(answers_file, expected, keys, overwrite=args.overwrite, retry_errors=args.retry_errors) as writer:
+        todo = [it for it in items if not writer.is_answered(_key(it))]
+        print(f"{len(items)} questions in chunk {args.chunk_idx}/{args.num_chunks}: {len(items) - len(todo)} already "
+              f"answered, {len(todo)} to run; method {method.name} {method.to_dict()}"
+              + (f", budget {run_settings['budget_mode']}, keep_cls {run_settings['keep_cls']}"
+                 if isinstance(method, PreLLMMethod) else ""))
+        if todo:
+            _answer(args, todo, writer, settings, method, model_id, run_settings, answers_file)
 
+
+def _key(item: VideoQAItem) -> str:
+    return answer_key({"question_id": item.question_id})
+
+
+def _answer(args: argparse.Namespace, todo: list[VideoQAItem], writer: AnswerWriter, settings: GenerationSettings,
+            method, model_id: str, run_settings: dict[str, Any], answers_file: str) -> None:
+    """Load the model and answer ``todo`` in order, appending each answer to ``writer``."""
+    from videollava.model import compression as video_compression
     from videollava.model.builder import load_pretrained_model
     from videollava.model.generation import VideoLlavaGenerator
 
@@ -162,9 +193,9 @@ def run(args: argparse.Namespace) -> None:
     video_compression.apply(model, method, budget_mode=args.budget_mode, keep_cls=args.keep_cls)
     generator = VideoLlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
     info = model.videollava_load_info
-    model_id = get_model_name_from_path(args.model_path)
     base_metadata = {
         **video_compression.describe(model),
+        "run": run_settings,
         "frames": processor.to_dict(),
         "decoding": {"do_sample": settings.temperature > 0, "temperature": settings.temperature,
                      "top_p": settings.top_p, "num_beams": settings.num_beams,
@@ -176,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
     loader = DataLoader(_Videos(todo, args.video_dir, args.video_prefix, processor), batch_size=args.batch_size,
                         shuffle=False, num_workers=args.num_workers, collate_fn=list)
     visual_total, layer_avg_total, answered, errors, start = 0, 0.0, 0, 0, time.time()
-    with writer, tqdm(total=len(todo), unit="q", desc="answering", dynamic_ncols=True) as bar:
+    with tqdm(total=len(todo), unit="q", desc="answering", dynamic_ncols=True) as bar:
         for batch in loader:
             good = [(todo[index], pixels) for index, pixels, error in batch if error is None]
             if not args.skip_bad_inputs:
@@ -191,11 +222,11 @@ def run(args: argparse.Namespace) -> None:
             for index, _, error in batch:  # written in question order
                 item = todo[index]
                 if error is not None:
-                    writer.write(_record(item, None, model_id, dict(base_metadata, error=error), error))
+                    writer.write(_record(item, None, model_id, dict(base_metadata, error=error), error), _key(item))
                     errors += 1
                     continue
                 result = results[id(item)]
-                writer.write(_record(item, result.text, model_id, dict(base_metadata, **result.trace)))
+                writer.write(_record(item, result.text, model_id, dict(base_metadata, **result.trace)), _key(item))
                 visual_total += result.trace["visual_tokens"]
                 layer_avg_total += result.trace.get("avg_visual_tokens", result.trace["visual_tokens"])
                 answered += 1

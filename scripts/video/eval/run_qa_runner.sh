@@ -13,19 +13,25 @@
 # Layout, relative to the repository root (DATA_ROOT may be absolute):
 #   ${DATA_ROOT}/<Dataset>_Zero_Shot_QA/{videos,videos/all,mp4,all_test}/   the videos
 #   ${DATA_ROOT}/<Dataset>_Zero_Shot_QA/test_{q,a}[_1k].json               questions / answers
-#   ${DATA_ROOT}/<Dataset>_Zero_Shot_QA/answers/<CKPT>/<METHOD>/<TOKENS>/
+#   ${DATA_ROOT}/<Dataset>_Zero_Shot_QA/answers/<CKPT>/<LABEL>/<TOKENS>/
 #       <CHUNKS>_<IDX>.json   per-chunk predictions (resumable: a rerun skips answered questions)
 #       merge.jsonl           all chunks in order (the input of eval_qa_<dataset>.sh)
+#   LABEL is METHOD followed by every setting in EXTRA_ARGS that can change an answer (python -m
+#   llava.eval.run_label), e.g. fastervlm, fastervlm_budget-mode-global, fastervlm_keep-cls_temperature-0.1;
+#   judge it with eval_qa_<dataset>.sh TOKENS LABEL (the runner prints that command).
 #
 # Environment (defaults in brackets):
 #   CUDA_VISIBLE_DEVICES [0]   one chunk per listed GPU, e.g. 0,1,2,3
 #   CKPT        [Video-LLaVA-7B]        METHOD [fastervlm]   (positional arguments win)
 #   MODEL_PATH  [checkpoints/${CKPT}]   original (LanguageBind/Video-LLaVA-7B) or -hf layout
-#   DATA_ROOT   [${EVAL_ROOT:-playground/data/eval/GPT_Zero_Shot_QA}]
+#   DATA_ROOT   [playground/data/eval/GPT_Zero_Shot_QA]   EVAL_ROOT is the same variable (the judge's name for it)
 #   SUBSET      [1k]      1k: test_{q,a}_1k.json (FasterVLM's first 1K); full: test_{q,a}.json
 #   PYTHON      [.venv/bin/python if present, else python3]
 #   EXTRA_ARGS  []        more options, e.g. "--budget-mode global", "--keep-cls", "--temperature 0.1",
 #                         "--video-tower checkpoints/LanguageBind_Video_merge", "--skip-bad-inputs"
+#
+# Stopping: SIGTERM, SIGINT or SIGHUP stop every chunk process (the runner waits for them); if the runner is
+# killed outright, its chunk processes end themselves (llava/eval/parent_watch.py). A rerun resumes.
 set -euo pipefail
 
 if [[ $# -lt 2 || $# -gt 4 ]]; then
@@ -48,7 +54,8 @@ esac
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 
 MODEL_PATH="${MODEL_PATH:-checkpoints/${CKPT}}"
-DATA_ROOT="${DATA_ROOT:-${EVAL_ROOT:-playground/data/eval/GPT_Zero_Shot_QA}}"
+# shellcheck source=data_root.sh
+source scripts/video/eval/data_root.sh
 SUBSET="${SUBSET:-1k}"
 case "$SUBSET" in
     1k) SUFFIX="_1k" ;;
@@ -60,7 +67,9 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 
 ROOT="${DATA_ROOT}/${DATASET}_Zero_Shot_QA"
-OUTPUT_DIR="${ROOT}/answers/${CKPT}/${METHOD}/${TOKENS}"
+# shellcheck disable=SC2086  # EXTRA_ARGS is split on purpose
+LABEL="$("$PYTHON" -m llava.eval.run_label "$METHOD" -- ${EXTRA_ARGS:-})"
+OUTPUT_DIR="${ROOT}/answers/${CKPT}/${LABEL}/${TOKENS}"
 METHOD_ARGS=()
 if [[ "$METHOD" != "none" && "$METHOD" != "baseline" ]]; then
     METHOD_ARGS=(--method "$METHOD" --visual-token-num "$TOKENS")
@@ -71,9 +80,23 @@ CHUNKS=${#GPULIST[@]}
 mkdir -p "$OUTPUT_DIR"
 
 pids=()
+stop_chunks() {  # forward a stop signal to the chunk processes and wait for them
+    trap '' TERM INT HUP
+    echo "stopped by SIG$1: ending the chunk processes; answers written so far are kept, rerun to resume" >&2
+    if [[ ${#pids[@]} -gt 0 ]]; then
+        kill -TERM "${pids[@]}" 2>/dev/null || true
+        wait "${pids[@]}" 2>/dev/null || true
+    fi
+    exit "$2"
+}
+trap 'stop_chunks TERM 143' TERM
+trap 'stop_chunks INT 130' INT
+trap 'stop_chunks HUP 129' HUP
+
+echo "answers: $OUTPUT_DIR"
 for IDX in $(seq 0 $((CHUNKS - 1))); do
     # shellcheck disable=SC2086  # EXTRA_ARGS is split on purpose
-    CUDA_VISIBLE_DEVICES="${GPULIST[$IDX]}" "$PYTHON" -m videollava.eval.run_inference_video_qa \
+    CUDA_VISIBLE_DEVICES="${GPULIST[$IDX]}" LLAVA_EVAL_PARENT_PID=$$ "$PYTHON" -m videollava.eval.run_inference_video_qa \
         --model-path "$MODEL_PATH" \
         --video-dir "${ROOT}/${VIDEO_SUBDIR}" \
         --video-prefix "$PREFIX" \
@@ -98,9 +121,9 @@ if [[ $failed -ne 0 ]]; then
 fi
 
 MERGED="${OUTPUT_DIR}/merge.jsonl"
-: > "${MERGED}.tmp"
+CHUNK_FILES=()
 for IDX in $(seq 0 $((CHUNKS - 1))); do
-    cat "${OUTPUT_DIR}/${CHUNKS}_${IDX}.json" >> "${MERGED}.tmp"
+    CHUNK_FILES+=("${OUTPUT_DIR}/${CHUNKS}_${IDX}.json")
 done
-mv "${MERGED}.tmp" "$MERGED"
-echo "merged $(wc -l < "$MERGED") predictions into $MERGED"
+"$PYTHON" -m llava.eval.answers merge "$MERGED" "${CHUNK_FILES[@]}"
+echo "judge with: bash scripts/video/eval/eval_qa_$(echo "$DATASET" | tr '[:upper:]' '[:lower:]').sh $TOKENS $LABEL $CKPT"
