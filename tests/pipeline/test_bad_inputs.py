@@ -7,14 +7,12 @@ question file) byte-for-byte as they were.
 
 A row is ``pytest.param(setup, id=...)``: ``setup(case)`` edits the :class:`Case` (paths, extra flags, a Python
 prelude run in the subprocess before the entry point, a folder to make read-only) and returns a regular
-expression the error line must match. To add a row, e.g. a corrupt ``model.safetensors``: copy
-``case.model_path`` to ``case.tmp / "tiny-llava-hf"`` (keep the folder name: it is the recorded ``model_id``),
-corrupt the copy, point ``case.model_path`` at it and return the expected message; a budget of 0:
-``case.extra += ["--method", "fastervlm", "--visual-token-num", "0"]``.
+expression the error line must match.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -31,6 +29,7 @@ from PIL import Image
 
 from llava.eval import model_vqa_loader
 from tests.conftest import write_vqa_questions
+from tests.model.test_checkpoint_errors import CORRUPTIONS, PROBLEM_WORDS, copy_checkpoint, corrupt
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_FLAGS = ["--num-workers", "0", "--max_new_tokens", "4"]
@@ -140,14 +139,30 @@ def _read_only(folder: str, argv: list[str]) -> list[str]:
     return ["unshare", "-m", "sh", "-c", mount, folder, *argv]
 
 
+def damaged_weights(case: Case, how: str) -> str:
+    """A copy of the checkpoint (same folder name: it is the recorded ``model_id``) with a damaged weight file."""
+    copy = Path(copy_checkpoint(case.model_path, case.tmp / "ckpt" / os.path.basename(case.model_path)))
+    weights = corrupt(str(copy / "model.safetensors"), how)
+    case.model_path = str(copy)
+    return rf"{re.escape(weights)}.*{re.escape(PROBLEM_WORDS[how])}"
+
+
+def budget_zero(case: Case) -> str:
+    case.extra += ["--method", "fastv", "--visual-token-num", "0"]
+    return r"--visual-token-num must be >= 1"
+
+
 @pytest.mark.parametrize("setup", [
     pytest.param(decompression_bomb, id="5-decompression-bomb"),
     pytest.param(empty_question_file, id="6-empty-question-file"),
     pytest.param(question_file_as_answers, id="6-question-file-as-answers"),
     pytest.param(question_file_as_answers_overwrite, id="6-question-file-as-answers-overwrite"),
+    *[pytest.param(functools.partial(damaged_weights, how=how), id=f"7-weights-{how.replace(' ', '-')}")
+      for how in CORRUPTIONS],
     pytest.param(read_only_answers_folder, id="8-read-only-answers-folder"),
     pytest.param(answers_path_is_a_folder, id="8-answers-path-is-a-folder"),
     pytest.param(full_disk, id="8-full-disk"),
+    pytest.param(budget_zero, id="9-budget-zero"),
 ])
 def test_bad_input_is_one_line_and_keeps_earlier_answers(setup, tiny_hf, image_folder, earlier_answers, tmp_path):
     answers = tmp_path / "answers" / "a.jsonl"
