@@ -106,7 +106,7 @@ def compression_method(rec: dict) -> str:
 def _flops(fn: Callable[..., Any] | None, rec: dict) -> float | None:
     if fn is None or not isinstance(rec.get("visual_tokens"), int | float):
         return None
-    offered = {"visual_tokens": rec["visual_tokens"], "method": compression_method(rec),
+    offered = {"visual_tokens": _tokens_given(rec), "method": compression_method(rec),
                "method_args": rec.get("method_args") or {}, "checkpoint": rec["checkpoint"],
                "benchmark": rec["benchmark"]}
     try:
@@ -119,6 +119,15 @@ def _flops(fn: Callable[..., Any] | None, rec: dict) -> float | None:
         return float(value) if value is not None else None
     except Exception:  # a FLOPs formula that cannot handle a row leaves the cell empty
         return None
+
+
+def _tokens_given(rec: dict) -> int | float:
+    """Visual tokens the LLM got per sample: the answers' mean where the scorer recorded it (a method whose count
+    only lands near its budget, e.g. PruMerge+ under the VTC-CLS rule, differs from the label), else the budget."""
+    mean = rec.get("visual_tokens_mean")
+    if isinstance(mean, int | float) and not isinstance(mean, bool) and mean > 0:
+        return round(mean)
+    return rec["visual_tokens"]
 
 
 def _skipped(rec: dict) -> int:

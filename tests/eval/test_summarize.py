@@ -159,3 +159,24 @@ def test_help_describes_the_table(capsys):
     out = capsys.readouterr().out
     assert "percentage of the baseline run" in out and "skipped" in out
     assert "keyword arguments" not in out and "``" not in out  # no implementation notes, no rst markup
+
+
+def test_tflops_count_the_tokens_a_run_really_gave(tmp_path):
+    """PruMerge+ at 192 under the VTC-CLS rule gives about 270 tokens: the FLOPs count those, not the label."""
+    from llava.bench.flops import prefill_flops
+
+    r = tmp_path / "eval"
+    args = {"visual_token_num": 192}
+    path = _write(r, "pope", "pope", "llava-v1.5-7b", "prumerge+", 192, 80.0, "mean_f1", args)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), visual_tokens_mean=270.4,
+                                    compression_method="prumerge+")))
+    fastv_args = {"visual_token_num": 64, "fastv_k": 3}
+    path = _write(r, "pope", "pope", "llava-v1.5-7b", "fastv", 64, 80.0, "mean_f1", fastv_args)
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), visual_tokens_mean=576.0,
+                                    compression_method="fastv")))
+    rows = summarize.build_rows(summarize.collect(r)[0], summarize.flops_function())
+    prumerge = _row(rows, "llava-v1.5-7b", "pope", "prumerge+", 192)["tflops_per_sample"]
+    assert prumerge == pytest.approx(prefill_flops(270, "prumerge+", args, "llava-v1.5-7b") / 1e12)
+    assert prumerge != pytest.approx(prefill_flops(192, "prumerge+", args, "llava-v1.5-7b") / 1e12)
+    fastv = _row(rows, "llava-v1.5-7b", "pope", "fastv", 64)["tflops_per_sample"]
+    assert fastv == pytest.approx(prefill_flops(64, "fastv", fastv_args, "llava-v1.5-7b") / 1e12)
