@@ -617,6 +617,10 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
             finally:
                 runner.close()
                 done += 1
+            if getattr(config, "budget_is_approximate", False):  # the budget only steers the count: use the real one
+                observed = runs[-1].llm_tokens - settings.text_tokens
+                counts = F.token_counts(config, geometry, visual_tokens=observed, text_tokens=settings.text_tokens)
+                fl = F.breakdown(counts, geometry, settings.text_tokens)
             row.update(_summarise(runs, counts, fl, runner.spec.stages, geometry, settings, dtype_bytes, batch))
             row["runs_s"] = [round(r.vision_s + r.prefill_s, 4) for r in runs]
             if attention is not None:

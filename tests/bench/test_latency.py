@@ -62,6 +62,9 @@ def test_every_method_under_attention_guard(tiny):
         finally:
             runner.close()
         assert report.ok, method
+        if getattr(config, "budget_is_approximate", False):  # PruMerge+'s VTC-CLS rule: the count lands near 192
+            assert abs(run.llm_tokens - TEXT - 192) < 192, method
+            counts = F.token_counts(config, g, visual_tokens=run.llm_tokens - TEXT, text_tokens=TEXT)
         if report.square_maps:
             assert method.startswith("ficoco"), (method, report.square_maps[:3])
         if Stage.LLM in get_method(method).stages:

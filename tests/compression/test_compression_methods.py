@@ -13,7 +13,7 @@ import torch
 
 from llava.compression import make_config
 from llava.compression.pre_llm import VisionSignals
-from llava.compression.registry import ModelGeometry
+from llava.compression.registry import CompressionConfigError, ModelGeometry
 
 GRID = (6, 6)
 N = 36
@@ -494,7 +494,7 @@ def test_groups_cover_outputs():
     for name, kw in [
         ("fastervlm", {"visual_token_num": 5}),
         ("prumerge", {"prumerge_knn": 3}),
-        ("prumerge+", {"visual_token_num": 10}),
+        ("prumerge+", {"visual_token_num": 10, "prumerge_budget_rule": "exact-count"}),  # VTC-CLS rule: 576 only
         ("visionzip", {"visual_token_num": 12, "contextual_tokens": 3, "visionzip_cls": False}),
         ("pool", {"visual_token_num": 9}),
         ("divprune", {"visual_token_num": 4}),
@@ -508,3 +508,12 @@ def test_groups_cover_outputs():
                 outputs.discard(out.features[b].shape[0] - 1)
                 owned.discard(out.features[b].shape[0] - 1)
             assert owned == outputs, name
+
+
+def test_prumerge_plus_vtc_cls_rule_needs_the_grid_it_was_made_for():
+    """The rule's constants (``range(0, 575, s // 3)``) are for 576 patches: elsewhere one clear error naming the fix."""
+    with pytest.raises(CompressionConfigError, match="576 patches.*this model gives 25 .*exact-count"):
+        make_config("prumerge+", ModelGeometry(num_patches=25, grid=(5, 5)), visual_token_num=10)
+    make_config("prumerge+", ModelGeometry(num_patches=25, grid=(5, 5)), visual_token_num=10,
+                prumerge_budget_rule="exact-count")
+    make_config("prumerge+", ModelGeometry(num_patches=25, grid=(5, 5)))  # adaptive: no budget rule involved

@@ -130,7 +130,15 @@ def test_global_budget(loaded, videos):
     assert [r.trace["visual_tokens"] for r in results] == [8 * L, 8 * L]
 
 
-PRE_LLM_ARGS = {"vtc-cls": {"visual_token_num": 16, "start_layer": 0}}
+PRE_LLM_ARGS = {"vtc-cls": {"visual_token_num": 16, "start_layer": 0},
+                "prumerge+": {"visual_token_num": 16, "prumerge_budget_rule": "exact-count"}}
+
+
+def test_prumerge_plus_default_rule_is_refused_on_frames_with_the_fix_named(loaded):
+    """The VTC-CLS budget rule's constants are for LLaVA-1.5's 576 patches; a frame has 256."""
+    _, model = loaded
+    with pytest.raises(CompressionConfigError, match="defined for 576 patches.*--prumerge-budget-rule exact-count"):
+        vc.apply(model, "prumerge+", visual_token_num=16)
 # in-LLM methods on the 2-layer tiny LLM (pruning before layer 1); budgets are per video
 LLM_ARGS = {
     "fastv": {"fastv_k": 1, "visual_token_num": 512},

@@ -67,6 +67,7 @@ DEFAULT_TOP_RATIO = 0.5
 # VTC-CLS repository's PruMerge+ baseline: --visual-token-num -> (top tokens c, s); the uniform stride is s // 3
 VTC_CLS_TOP_AND_SPACING = {64: (13, 33), 128: (40, 18)}
 VTC_CLS_OTHER_BUDGETS = (95, 9)
+VTC_CLS_RULE_PATCHES = 576  # the grid the rule's constants were made for (range(0, 575, ...))
 
 
 @dataclass
@@ -181,6 +182,15 @@ class PruMergePlusConfig(PruMergeConfig):
             raise CompressionConfigError(
                 "--prumerge-top-ratio only applies to --prumerge-budget-rule exact-count; add that flag or drop "
                 "--prumerge-top-ratio"
+            )
+
+    def validate(self, geometry: ModelGeometry) -> None:
+        super().validate(geometry)
+        if self.budget_is_approximate and geometry.num_patches != VTC_CLS_RULE_PATCHES:
+            raise CompressionConfigError(
+                f"prumerge+ --visual-token-num follows the VTC-CLS rule by default, which is defined for "
+                f"{VTC_CLS_RULE_PATCHES} patches (LLaVA-1.5's 24x24 grid); this model gives {geometry.num_patches} "
+                "per image or frame: add --prumerge-budget-rule exact-count"
             )
 
     @property
