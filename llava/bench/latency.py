@@ -11,7 +11,7 @@ Without ``--model-path`` the real architecture of ``--model-config`` is built wi
 What one measurement is (per method, budget and batch size; medians over ``--repeats`` after ``--warmup``):
 
 * **vision**: the CLIP tower plus the method's reduction and the projector (for pre-LLM methods the image features
-  are reduced before the projector, exactly as ``llava.compression.integrations.llava`` does). With
+  are reduced before the projector, exactly as ``llava.compression.families.llava`` does). With
   ``--shared-tower`` (default on CPU) the unmodified tower is timed once per batch size and its output reused by every
   method that does not change the tower (pre-LLM and in-LLM methods); in-encoder methods (ToMe, FiCoCo-V/-VL)
   always run their own tower;
@@ -380,8 +380,8 @@ class MethodRunner:
 
     def __init__(self, model: Any, geometry: BenchGeometry, config: MethodConfig, inputs, settings: Settings):
         import llava.compression as vtc
-        from llava.compression.integrations import clip_merging, llama_pruning
-        from llava.compression.integrations.llava import collect_vision_signals, model_geometry
+        from llava.compression.families import clip_merging, decoder_pruning
+        from llava.compression.families.llava import collect_vision_signals, model_geometry
 
         self.model, self.g, self.config, self.settings = model, geometry, config, settings
         self.ids, self.mask, self.pixels = inputs
@@ -396,8 +396,8 @@ class MethodRunner:
         vtc.remove(model)
         if Stage.LLM in self.spec.stages:
             vtc.apply(model, config)
-        self.llm_method = llama_pruning.applied_config(model)
-        self._llama_pruning = llama_pruning
+        self.llm_method = decoder_pruning.applied_config(model)
+        self._llama_pruning = decoder_pruning
         self._vtc = vtc
         self.probe_layers: tuple[int, ...] = ()
         if self.pre_llm:

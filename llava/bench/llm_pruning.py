@@ -109,14 +109,14 @@ def engine_step_seconds(model, ids: torch.Tensor, mm: dict[str, Any]) -> float:
     import cProfile
     import pstats
 
-    from llava.compression.integrations import llama_pruning
+    from llava.compression.families import decoder_pruning
 
     prof = cProfile.Profile()
     prof.enable()
     time_prefill(model, ids, mm)
     prof.disable()
     stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
-    engine_file = llama_pruning.__file__
+    engine_file = decoder_pruning.__file__
     return sum(
         ct
         for (file, _, name), (_, _, _, ct, _) in stats.items()

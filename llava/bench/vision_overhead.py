@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 import llava.compression as vtc  # noqa: E402
 from llava.bench.geometries import LLAVA_15_7B  # noqa: E402
-from llava.compression.integrations.llava import collect_vision_signals  # noqa: E402
+from llava.compression.families.llava import collect_vision_signals  # noqa: E402
 
 PRE_TEXT, POST_TEXT = 35, 12
 REDUCER_REPS = 20

@@ -9,7 +9,7 @@ Entry points for evaluation code::
     vtc.remove(model)
 
 ``apply``/``remove``/``model_geometry``/``last_trace``/``prepare_multimodal_inputs`` dispatch to the model family's
-integration (``llava.compression.integrations``), imported lazily so that the pure parts load without transformers.
+integration (``llava.compression.families``), imported lazily so that the pure parts load without transformers.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def apply(model: Any, method: str | MethodConfig, **method_kwargs: Any) -> Any:
 
     Validates the arguments against the model's geometry first (:class:`CompressionConfigError`). Returns ``model``.
     """
-    from llava.compression.integrations import integration_for
+    from llava.compression.families import integration_for
 
     if isinstance(method, str) and get_method(method).config_cls is get_method("none").config_cls:
         make_config(method, None, **method_kwargs)  # still rejects stray arguments
@@ -48,7 +48,7 @@ def apply(model: Any, method: str | MethodConfig, **method_kwargs: Any) -> Any:
 
 def remove(model: Any) -> Any:
     """Restore the unmodified model (no-op when nothing was applied). Returns ``model``."""
-    from llava.compression.integrations import integration_for
+    from llava.compression.families import integration_for
 
     try:
         integration = integration_for(model)
@@ -59,14 +59,14 @@ def remove(model: Any) -> Any:
 
 def model_geometry(model: Any) -> ModelGeometry:
     """Patch count, grid, encoder / LLM layer counts and feature layer of ``model``, from its config."""
-    from llava.compression.integrations import integration_for
+    from llava.compression.families import integration_for
 
     return integration_for(model).model_geometry(model)
 
 
 def last_trace(model: Any) -> list[dict[str, Any]] | None:
     """Per-image traces of the last image encoding of ``model`` (``None`` when no method is applied)."""
-    from llava.compression.integrations import integration_for
+    from llava.compression.families import integration_for
 
     try:
         integration = integration_for(model)
@@ -77,7 +77,7 @@ def last_trace(model: Any) -> list[dict[str, Any]] | None:
 
 def applied_config(model: Any) -> MethodConfig:
     """The method config currently applied to ``model`` (the ``none`` config when nothing is)."""
-    from llava.compression.integrations import integration_for
+    from llava.compression.families import integration_for
 
     try:
         integration = integration_for(model)
@@ -90,7 +90,7 @@ def prepare_multimodal_inputs(
     model: Any, input_ids: Any, attention_mask: Any, pixel_values: Any, **kwargs: Any
 ):
     """Encode images with the applied method and shrink the placeholder runs (for ``forward``); see the integration."""
-    from llava.compression.integrations import integration_for
+    from llava.compression.families import integration_for
 
     return integration_for(model).prepare_multimodal_inputs(
         model, input_ids, attention_mask, pixel_values, **kwargs

@@ -2,7 +2,7 @@
 
 Pure tensor functions, batched over ``B`` images that all hold ``n`` tokens (the first one may be a protected
 [CLS] token). Nothing here knows about a model: the vision-encoder integration calls them between the attention
-and the MLP of an encoder layer (``llava.compression.integrations.clip_merging``).
+and the MLP of an encoder layer (``llava.compression.families.clip_merging``).
 
 Token order of the survivors (:data:`TOKEN_ORDERS`): ``official`` is the order of the official code
 (facebookresearch/ToMe ``bipartite_soft_matching``): ``[unmerged A tokens] + [all B tokens]``, the unmerged A tokens

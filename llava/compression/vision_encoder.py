@@ -1,7 +1,7 @@
 """The ``Stage.VISION_ENCODER`` contract: token merging between the attention and the MLP of encoder layers.
 
 A vision-encoder method is a :class:`VisionEncoderMethod` config. An integration (one per encoder family, e.g.
-``llava.compression.integrations.clip_merging``) runs the encoder and, in every layer of :meth:`schedule` with
+``llava.compression.families.clip_merging``) runs the encoder and, in every layer of :meth:`schedule` with
 ``r > 0``, calls :meth:`VisionEncoderMethod.merge` on the hidden states right after the attention residual. The
 method reduces the ``1 + n`` tokens ([CLS] first) to ``1 + n - r`` and records what it did in the batch's
 :class:`EncoderTokens`. Nothing here knows about a model class.

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from llava.compression.integrations.llama_pruning import KEPT_TOKEN_KEYS
+from llava.compression.families.decoder_pruning import KEPT_TOKEN_KEYS
 from llava.conversation import get_conversation
 from llava.mm_utils import tokenizer_image_token
 

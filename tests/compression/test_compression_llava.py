@@ -12,7 +12,7 @@ from transformers import LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaModel
 
 import llava.compression as vtc
-from llava.compression.integrations.llava import collect_vision_signals
+from llava.compression.families.llava import collect_vision_signals
 
 ORIGINAL_GET_IMAGE_FEATURES = LlavaModel.get_image_features
 ORIGINAL_GENERATE = LlavaForConditionalGeneration.generate

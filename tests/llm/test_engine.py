@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaModel, StaticCache
 
 import llava.compression as vtc
-from llava.compression.integrations import llama_pruning
+from llava.compression.families import decoder_pruning
 from llava.compression.llm.base import LLMPruningMethod, RowSelection
 from tests.llm.conftest import (
     IMAGE_TOKEN_ID,
@@ -43,7 +43,7 @@ def uncached_greedy(model, ids, mask, kw, n: int) -> tuple[torch.Tensor, list[to
     with the scoring prompt pinned to the original prompt and generate()'s position ids."""
     prompt_length = ids.shape[1]
     tokens, logits = [], []
-    with llama_pruning.pin_prompt(model, prompt_length):
+    with decoder_pruning.pin_prompt(model, prompt_length):
         for _ in range(n):
             pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
             last = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kw).logits[:, -1]
@@ -197,7 +197,7 @@ def test_score_rows_match_eager_attention_weights(model, use_cache):
     eager = eager_copy(model)
     attn = eager(input_ids=ids, attention_mask=mask, output_attentions=True, **kw).attentions  # per layer [B,H,T,T]
     probe = _Probe([1, 2, 3])
-    llama_pruning.apply(model, probe, geometry())
+    decoder_pruning.apply(model, probe, geometry())
     model(input_ids=ids, attention_mask=mask, use_cache=use_cache, **kw)
     for k in (1, 2, 3):
         torch.testing.assert_close(probe.rows[(k, "prev")], attn[k - 1][:, :, -1], rtol=1e-4, atol=1e-5)
@@ -210,7 +210,7 @@ def test_visual_tokens_found_where_the_image_is(model):
     specs = [(35, True, 12), (1, True, 3), (10, False, 10)]
     ids, mask, kw, _ = batch(specs)
     probe = _Probe([2])
-    llama_pruning.attach(model.model.language_model, probe, geometry(), image_token_id=IMAGE_TOKEN_ID)
+    decoder_pruning.attach(model.model.language_model, probe, geometry(), image_token_id=IMAGE_TOKEN_ID)
     pre = model.model._forward_pre_hooks
     assert not pre  # attach() alone installs no hook: the decoder reads input_ids or a visual_mask argument
     try:
@@ -219,7 +219,7 @@ def test_visual_tokens_found_where_the_image_is(model):
         visual = ids == IMAGE_TOKEN_ID
         lm(inputs_embeds=embeds, attention_mask=mask, visual_mask=visual)
     finally:
-        llama_pruning.detach(model.model.language_model)
+        decoder_pruning.detach(model.model.language_model)
     for r, (pre_len, img, _) in enumerate(specs):
         pad = int((mask[r] == 0).sum())
         expected = torch.arange(pad + pre_len, pad + pre_len + NUM_VISUAL) if img else torch.arange(0)
@@ -297,7 +297,7 @@ def test_rows_growing_past_the_input_length_are_filled_with_blank_slots(model):
     ids, mask, kw, _ = batch([(9, True, 5), (2, True, 3)])
     ref = model(input_ids=ids, attention_mask=mask, **kw).logits[:, -1]
     ref_tokens = greedy_generate(model, ids, mask, kw, 4)
-    llama_pruning.apply(model, _MergeOnly(), geometry())
+    decoder_pruning.apply(model, _MergeOnly(), geometry())
     out = model(input_ids=ids, attention_mask=mask, **kw).logits
     assert out.shape[1] == ids.shape[1] + 3
     torch.testing.assert_close(out[1, -1], ref[1], rtol=1e-5, atol=1e-5)  # row 1 is unchanged

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import llava.compression as vtc
-from llava.compression.integrations import llama_pruning
+from llava.compression.families import decoder_pruning
 from llava.compression.registry import CompressionConfigError, ModelGeometry
 from tests.merging.conftest import GEN, IMAGE_TOKEN_ID, LLM_LAYERS, NUM_PATCHES, make_pixels, make_prompts
 
@@ -41,7 +41,7 @@ def uncached_greedy(model, ids, mask, kw, n: int) -> tuple[torch.Tensor, list[to
     (scoring prompt pinned to the original prompt, generate()'s position ids)."""
     prompt_length = ids.shape[1]
     tokens, logits = [], []
-    with llama_pruning.pin_prompt(model, prompt_length):
+    with decoder_pruning.pin_prompt(model, prompt_length):
         for _ in range(n):
             pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
             last = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kw).logits[
@@ -198,7 +198,7 @@ def test_queries_are_captured_not_recomputed(model, key):
     recomputing them; the capture hooks are per instance and go with remove()."""
     _apply(model, key)
     lm = model.model.language_model
-    state = llama_pruning._state(lm)
+    state = decoder_pruning._state(lm)
     assert state.query_layers == tuple(k - 1 for k in state.layers)
     ids, mask, kw = _inputs(model, LEFT_PADDED)
     calls = [0] * LLM_LAYERS

@@ -10,7 +10,7 @@ from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from llava.compression import tome
-from llava.compression.integrations.clip_merging import _merging_layer_forward
+from llava.compression.families.clip_merging import _merging_layer_forward
 from llava.compression.vision_encoder import EncoderTokens, VisionEncoderMethod
 
 T = torch.tensor

@@ -29,7 +29,7 @@ extras per frame). Prompts must carry the kept counts of placeholders: build the
 :class:`videollava.model.generation.VideoLlavaGenerator` (or from the trace's ``tokens_per_frame``).
 
 **In-LLM methods** (``Stage.LLM`` only: FastV, PyramidDrop, SparseVLM, DART, FiCoCo-L) run on the whole video as one
-visual span: the decoder engine of :mod:`llava.compression.integrations.llama_pruning` is attached to the language
+visual span: the decoder engine of :mod:`llava.compression.families.decoder_pruning` is attached to the language
 model with the ``<video>`` id as the visual token, and a forward pre-hook on ``model.model`` marks the ``<video>``
 positions of each prefill. All 2,056 visual tokens (8 x 257, [CLS] included) enter the LLM; the method's budget is
 per *video* (FastV ``--visual-token-num 512`` keeps 512 of them after layer K, as FasterVLM's FastV video rows).
@@ -49,7 +49,7 @@ import torch
 from transformers import VideoLlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from llava.compression.integrations.llava import QKProbe, pixel_key
+from llava.compression.families.llava import QKProbe, pixel_key
 from llava.compression.methods.fastervlm import FasterVLMConfig, cls_patch_scores
 from llava.compression.pre_llm import PreLLMMethod, VisionSignals
 from llava.compression.registry import (
@@ -188,9 +188,9 @@ def apply(
     base = model.model
     geometry = method_geometry(spec, video_model_geometry(model), num_frames)
     if _is_llm_method(spec):
-        from llava.compression.integrations import llama_pruning
+        from llava.compression.families import decoder_pruning
 
-        engine = llama_pruning.attach(base.language_model, config, geometry, image_token_id=model.config.video_token_id)
+        engine = decoder_pruning.attach(base.language_model, config, geometry, image_token_id=model.config.video_token_id)
         engine.handles.append(base.register_forward_pre_hook(_mark_video_tokens(engine), with_kwargs=True))
         state = VideoCompressionState(config, "llm", geometry, num_frames, None, True)
     else:
@@ -208,9 +208,9 @@ def remove(model: Any) -> Any:
     if state is None:
         return model
     if state.stage == "llm":
-        from llava.compression.integrations import llama_pruning
+        from llava.compression.families import decoder_pruning
 
-        llama_pruning.detach(base.language_model)  # also removes the pre-hook (kept in the engine's handles)
+        decoder_pruning.detach(base.language_model)  # also removes the pre-hook (kept in the engine's handles)
     else:
         base.__dict__.pop("get_video_features", None)
         if state.saved is not None:
@@ -238,9 +238,9 @@ def llm_trace(model: Any, batch_size: int) -> list[dict[str, Any]] | None:
     state = applied_state(model)
     if state is None or state.stage != "llm":
         return None
-    from llava.compression.integrations import llama_pruning
+    from llava.compression.families import decoder_pruning
 
-    trace = llama_pruning.last_trace(model)
+    trace = decoder_pruning.last_trace(model)
     if not trace or len(trace) % batch_size:
         return None
     return [dict(t) for t in trace[:: len(trace) // batch_size]]  # beams / return sequences collapsed

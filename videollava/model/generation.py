@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from llava.compression.integrations.llama_pruning import KEPT_TOKEN_KEYS
+from llava.compression.families.decoder_pruning import KEPT_TOKEN_KEYS
 from llava.eval.inference import GenerationSettings, SampleResult, build_generation_config, left_pad
 from llava.mm_utils import tokenizer_image_token
 from videollava.model.builder import suppressed_token_ids

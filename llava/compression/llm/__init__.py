@@ -6,7 +6,7 @@
 * :mod:`.selection` - FastV/PyramidDrop top-k, DART pivots, SparseVLM DPC-kNN recycling;
 * :mod:`.schedule`  - per-layer token accounting and solvers from a target budget.
 
-The engine that runs them on a model lives in ``llava.compression.integrations.llama_pruning``.
+The engine that runs them on a model lives in ``llava.compression.families.decoder_pruning``.
 """
 
 from llava.compression.llm.base import (

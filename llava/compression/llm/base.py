@@ -1,7 +1,7 @@
 """The ``Stage.LLM`` contract: dropping visual tokens between decoder layers.
 
 An in-LLM method is an :class:`LLMPruningMethod` config. The engine (one per model family, e.g.
-``llava.compression.integrations.llama_pruning``) runs the decoder, and *before* each layer ``K`` of the method's
+``llava.compression.families.decoder_pruning``) runs the decoder, and *before* each layer ``K`` of the method's
 schedule (:meth:`LLMPruningMethod.prune_layers`) it hands the method a :class:`PruneStep` describing the current
 (already shortened) sequence. The method returns one :class:`RowSelection` per batch row: which of the row's current
 visual tokens to keep (and, optionally, new merged tokens to insert). Layers ``>= K`` then run on the shorter

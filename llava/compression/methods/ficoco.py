@@ -12,7 +12,7 @@ it into them with the self-preserving weighted average of Eq. 2.
   (1 - lam) * ([CLS] attention)`` with ``lam = 0.35``, plus the 2x2 local penalty recomputed for every image on its
   current tokens; correlation = attention from the discarded to the preserved patches. [CLS] stays at index 0,
   patches stay in raster order, every token's size (patches it stands for) is tracked.
-* ``ficoco-l`` - inside the LLM through the in-LLM engine (``integrations/llama_pruning.py``: per-layer KV lengths,
+* ``ficoco-l`` - inside the LLM through the in-LLM engine (``families/decoder_pruning.py``: per-layer KV lengths,
   kept tokens keep their original position ids, batches with left padding, visual tokens located from the real
   image positions). Merges happen *between* decoder layers: before every layer ``K = start .. L-1`` (default
   ``start = 4``: layers 0-3 see every visual token), using layer ``K-1``'s causal attention; redundancy

@@ -228,7 +228,7 @@ def apply(model: Any, config: LLMPruningMethod, geometry: ModelGeometry | None =
             f"apply() expects a LLaVA model with .model.language_model, got {type(model).__name__}"
         )
     if geometry is None:
-        from llava.compression.integrations.llava import model_geometry
+        from llava.compression.families.llava import model_geometry
 
         geometry = model_geometry(model)
     remove(model)

@@ -3,7 +3,7 @@
 Where it hooks, per model instance (nothing at class level, the attention backend is never switched):
 
 * ``model.model.get_image_features`` is replaced by :func:`_get_image_features` (state and ``generate`` wrapper
-  shared with ``integrations/llava.py``, so ``remove`` / ``last_trace`` / ``prepare_multimodal_inputs`` and the
+  shared with ``families/llava.py``, so ``remove`` / ``last_trace`` / ``prepare_multimodal_inputs`` and the
   placeholder shrinking of ``generate`` work unchanged);
 * while it encodes a batch, the ``forward`` of every encoder layer from the first merging layer on is replaced on
   the instance by :func:`_merging_layer_forward` (a copy of ``CLIPEncoderLayer.forward`` from transformers 5.23
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from llava.compression.integrations import llava as llava_integration
+from llava.compression.families import llava as llava_integration
 from llava.compression.registry import CompressionConfigError, MethodConfig, MethodSpec, ModelGeometry
 from llava.compression.tome import proportional_attention_bias
 from llava.compression.vision_encoder import EncoderTokens, LayerAttention, VisionEncoderMethod

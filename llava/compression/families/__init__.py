@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-_FAMILIES = ("llava.compression.integrations.llava",)
+_FAMILIES = ("llava.compression.families.llava",)
 
 
 def integration_for(model: Any) -> ModuleType:

@@ -108,25 +108,25 @@ def apply(model: LlavaForConditionalGeneration, method: str | MethodConfig, **me
         remove(model)
         return model
     # --- in-encoder methods (Stage.VISION_ENCODER: ToMe, FiCoCo-V) merge inside the CLIP tower
-    #     (integrations/clip_merging.py); FiCoCo-VL adds its LLM stage through the in-LLM engine ---
+    #     (families/clip_merging.py); FiCoCo-VL adds its LLM stage through the in-LLM engine ---
     if Stage.VISION_ENCODER in spec.stages:
-        from llava.compression.integrations import clip_merging
+        from llava.compression.families import clip_merging
 
         remove(model)
         clip_merging.apply(model, config, spec)
         if Stage.LLM in spec.stages:
-            from llava.compression.integrations import llama_pruning
+            from llava.compression.families import decoder_pruning
 
             geometry = model_geometry(model)
-            llama_pruning.apply(model, config.llm_for(geometry), geometry)
+            decoder_pruning.apply(model, config.llm_for(geometry), geometry)
         return model
     # --- end in-encoder dispatch ---
-    # --- in-LLM methods (Stage.LLM) run in the decoder-loop engine (integrations/llama_pruning.py) ---
+    # --- in-LLM methods (Stage.LLM) run in the decoder-loop engine (families/decoder_pruning.py) ---
     if spec.stages == (Stage.LLM,):
-        from llava.compression.integrations import llama_pruning
+        from llava.compression.families import decoder_pruning
 
         remove(model)
-        return llama_pruning.apply(model, config, model_geometry(model))
+        return decoder_pruning.apply(model, config, model_geometry(model))
     # --- end in-LLM dispatch ---
     unsupported = [s.value for s in spec.stages if s is not Stage.PRE_LLM]
     if unsupported or not isinstance(config, PreLLMMethod):
@@ -156,9 +156,9 @@ def apply(model: LlavaForConditionalGeneration, method: str | MethodConfig, **me
 
 def remove(model: Any) -> Any:
     """Undo :func:`apply` on ``model`` (no-op when nothing is applied); returns ``model``."""
-    from llava.compression.integrations import llama_pruning  # in-LLM methods (Stage.LLM)
+    from llava.compression.families import decoder_pruning  # in-LLM methods (Stage.LLM)
 
-    llama_pruning.remove(model)
+    decoder_pruning.remove(model)
     base = getattr(model, "model", None)
     state = base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
     if state is None:
@@ -173,12 +173,12 @@ def remove(model: Any) -> Any:
 
 def applied_config(model: Any) -> MethodConfig:
     """The config applied to ``model`` (``NoCompression`` when none)."""
-    from llava.compression.integrations import llama_pruning  # in-LLM methods (Stage.LLM)
+    from llava.compression.families import decoder_pruning  # in-LLM methods (Stage.LLM)
 
     state = _state_of(model)  # vision-side state first: FiCoCo-VL's LLM stage is a sub-config of it
     if state is not None:
         return state.config
-    llm_config = llama_pruning.applied_config(model)
+    llm_config = decoder_pruning.applied_config(model)
     return NoCompression() if llm_config is None else llm_config
 
 
