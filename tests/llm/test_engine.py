@@ -229,7 +229,9 @@ def test_visual_tokens_found_where_the_image_is(model):
     out = model(input_ids=ids, attention_mask=mask, **kw)
     # rows are left-filled to the longest pruned row (here row 0: 35 + 1 visual + 12 text tokens)
     assert out.logits.shape[1] == ids.shape[1] - NUM_VISUAL + 1
-    assert [t["visual_tokens_per_layer"] for t in model.llm_compression_trace] == [
+    # a plain forward leaves the trace with the engine (one last_trace), nothing written into the model
+    assert "llm_compression_trace" not in model.__dict__
+    assert [t["visual_tokens_per_layer"] for t in decoder_pruning.last_trace(model)] == [
         [NUM_VISUAL, 1, 1, 1], [NUM_VISUAL, 1, 1, 1], [0, 0, 0, 0]
     ]
 
@@ -301,7 +303,7 @@ def test_rows_growing_past_the_input_length_are_filled_with_blank_slots(model):
     out = model(input_ids=ids, attention_mask=mask, **kw).logits
     assert out.shape[1] == ids.shape[1] + 3
     torch.testing.assert_close(out[1, -1], ref[1], rtol=1e-5, atol=1e-5)  # row 1 is unchanged
-    assert model.llm_compression_trace[0]["visual_tokens_per_layer"] == [36, 36, 39, 39]
+    assert decoder_pruning.last_trace(model)[0]["visual_tokens_per_layer"] == [36, 36, 39, 39]
     tokens = greedy_generate(model, ids, mask, kw, 4)
     assert torch.equal(tokens[1], ref_tokens[1])
     assert torch.equal(tokens, uncached_greedy(model, ids, mask, kw, 4)[0])

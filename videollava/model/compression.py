@@ -191,7 +191,7 @@ def apply(
         from llava.compression.families import decoder_pruning
 
         engine = decoder_pruning.attach(base.language_model, config, geometry, image_token_id=model.config.video_token_id)
-        engine.handles.append(base.register_forward_pre_hook(_mark_video_tokens(engine), with_kwargs=True))
+        decoder_pruning.mark_visual_tokens(engine, base)  # the <video> positions, passed down as visual_mask
         state = VideoCompressionState(config, "llm", geometry, num_frames, None, True)
     else:
         state = VideoCompressionState(config, "pre_llm", geometry, num_frames, budget_mode or "per-frame",
@@ -249,17 +249,6 @@ def llm_trace(model: Any, batch_size: int) -> list[dict[str, Any]] | None:
 def _num_frames(model: Any) -> int:
     tower_frames = getattr(model.model.video_tower, "num_frames", None)
     return int(tower_frames or getattr(model.config, "video_num_frames", None) or DEFAULT_NUM_FRAMES)
-
-
-def _mark_video_tokens(engine: Any):
-    """Pre-hook on ``VideoLlavaModel``: the engine's visual tokens are the ``<video>`` positions of each call."""
-    video_id = engine.image_token_id
-
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        engine.pending_visual = None if ids is None else ids == video_id
-
-    return hook
 
 
 # -- internals ---------------------------------------------------------------------------------------------------

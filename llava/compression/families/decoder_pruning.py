@@ -1,46 +1,56 @@
 """The engine for dropping visual tokens between decoder layers (``Stage.LLM``) of Llama-family decoders.
 
 Targets transformers 5.23 (pinned): ``LlamaModel`` and decoders with the same structure (``embed_tokens``,
-``layers[i].input_layernorm`` / ``.self_attn.{q_proj,k_proj,head_dim,scaling}``, ``rotary_emb``, ``norm``).
+``layers[i].input_layernorm`` / ``.self_attn.{q_proj,k_proj,head_dim,scaling}``, ``rotary_emb``, ``norm``, and an
+``apply_rotary_pos_emb`` in the attention's modeling module). The decoder's own ``forward`` runs unchanged.
 
-Where it hooks (all per model instance, nothing at class level, no ``__class__`` swap):
+Where it hooks (all per model instance, nothing at class level, no ``__class__`` swap, no copied forward):
 
-* ``language_model.forward`` is replaced with :func:`_forward` via ``types.MethodType``: a copy of
-  ``LlamaModel.forward`` (same decorators, so ``output_hidden_states`` keeps working) whose decoder loop stops
-  before each pruning layer ``K`` of the method's schedule;
-* on a LLaVA model, a forward pre-hook on the ``LlavaModel`` records ``input_ids == image_token_id`` of every call
-  (the visual tokens, wherever the image sits in each row), and ``model.generate`` is wrapped to publish the
-  per-row trace as ``model.llm_compression_trace``;
+* a forward pre-hook on the decoder (``LlamaModel``) creates one :class:`_Call` per forward (from the call's 2-D
+  ``attention_mask`` and its ``visual_mask`` keyword argument, or ``input_ids == image_token_id``) and hands it on in
+  the keyword arguments, which ``LlamaModel.forward`` passes to every decoder layer;
+* each decoder layer's ``forward`` is wrapped on the instance: the wrapper takes the :class:`_Call` out of its keyword
+  arguments and, from a pruning layer ``K`` on, gives the layer the shortened hidden states with the matching
+  attention mask, position embeddings and position ids instead of the full-sequence ones ``LlamaModel.forward``
+  passes; the shorter hidden states then flow out of ``LlamaModel.forward`` to its ``norm`` (and the LM head);
+* on a LLaVA model, :func:`mark_visual_tokens` puts a forward pre-hook on the ``LlavaModel`` that passes
+  ``visual_mask = input_ids == image_token_id`` of every call down to the decoder as a keyword argument, and
+  ``model.generate`` is wrapped to publish the per-input-row trace as ``model.llm_compression_trace``;
 * for the layers a method lists in ``query_layers`` (each ``K-1`` of a pruning layer ``K``: FiCoCo-L), a forward hook
-  on ``layers[K-1].self_attn.q_proj`` that keeps a reference to its output during prefills only (no copy, no extra
+  on ``layers[K-1].self_attn.q_proj`` that hands its output to the running prefill (a reference, no copy, no extra
   matmul); ``PruneStep.queries`` gathers the requested rows from it instead of recomputing ``q_proj``.
 
 Prefill (``past_key_values`` empty or absent), before layer ``K``:
 
 1. the method gets a :class:`~llava.compression.llm.base.PruneStep`: hidden states entering ``K`` and ``K-1``, masks
    of visual / valid / prompt tokens, and on demand attention rows computed from layer ``K-1``'s or ``K``'s *own*
-   ``input_layernorm`` + ``q_proj`` + RoPE for the few queries it needs (layer ``K-1``'s ``q_proj`` output captured
-   from its forward when the method declares it), against that layer's post-RoPE keys (read from the
-   ``DynamicCache`` for ``K-1``; recomputed with ``k_proj`` otherwise). SDPA/FlashAttention stay on in every layer;
+   ``input_layernorm`` + ``q_proj`` + the model's ``apply_rotary_pos_emb`` with the ``cos``/``sin`` the layer
+   receives, for the few queries it needs, against that layer's post-RoPE keys (read from the ``DynamicCache`` for
+   ``K-1``; recomputed with ``k_proj`` otherwise). SDPA/FlashAttention stay on in every layer;
 2. it returns the visual tokens to keep per row (plus optional merged tokens, SparseVLM);
 3. each row's sequence becomes: its valid non-visual tokens + kept visual tokens (+ merged ones after the last kept
    visual token), in sequence order; rows are left-filled to the longest row with masked filler (existing padding
    or dropped tokens), so rows may keep different counts and text-only rows are untouched;
-4. hidden states, position ids (``original``: gathered; ``compact``: renumbered) and the 2-D mask are gathered;
-   ``cos``/``sin`` are recomputed from the new position ids and the 4-D mask is rebuilt with
-   ``create_causal_mask(..., position_ids=None, layer_idx=K)`` (sized from layer ``K``'s cache; ``position_ids=None``
-   avoids the packed-sequence trap). Layers ``>= K`` run on the shorter sequence and cache only its keys/values.
+4. hidden states, position ids (a :class:`~llava.compression.llm.positions.Positions`; ``original``: gathered,
+   ``compact``: renumbered) and the 2-D mask are gathered; ``cos``/``sin`` are gathered from the ones the layer
+   received (``original``) or computed by the model's ``rotary_emb`` on the renumbered ids (``compact``), and the
+   4-D mask is rebuilt with ``create_causal_mask(..., position_ids=None, layer_idx=K)`` (sized from layer ``K``'s
+   cache; ``position_ids=None`` avoids the packed-sequence trap). Layers ``>= K`` run on the shorter sequence and
+   cache only its keys/values.
 
 Decode (``past_key_values`` non-empty): never re-prunes. ``generate()`` keeps advancing position ids and the 2-D
 mask in original coordinates (it reads layer 0's cache length, and layer 0 is never pruned). For the layers of
 each pruned segment the engine uses ``[segment prompt mask, new-token mask]`` and position ids minus the segment's
-shift (0 under ``original`` positions, so generated tokens continue after the original prompt length).
+shift (0 under ``original`` positions, so generated tokens continue after the original prompt length). The
+segments of a prefill are kept with the cache they filled (a weak mapping cache -> segments), so each cache is
+decoded with its own layout.
 
 Trace: after each prefill the engine records one dict per batch row with ``visual_tokens_per_layer`` (valid visual
 tokens in the *input* of every decoder layer, merged tokens included), ``avg_visual_tokens`` (their mean over
 layers), ``llm_pruning_layers`` and ``llm_kept_indices`` (pruning layer, as a string -> the visual tokens entering
 that layer: ascending indices ``i`` into the row's visual tokens at the LLM input, then every merged/recycled
-token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens); the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
+token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens). It is the
+engine's one :func:`last_trace`; the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
 dict per *input* row (beams / returned sequences collapsed).
 
 Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
@@ -51,25 +61,28 @@ unless :func:`pin_prompt` fixes the prompt length.
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
 
 from llava.compression.llm import scoring
 from llava.compression.llm.base import LLMPruningMethod, PruneStep, RowSelection
+from llava.compression.llm.positions import Positions
 from llava.compression.llm.schedule import average_tokens
 from llava.compression.registry import CompressionConfigError, ModelGeometry
 
 STATE_ATTR = "_vtc_llm_pruning"
 TRACE_ATTR = "llm_compression_trace"
+# keyword argument of the decoder's forward: [B, T] bool, the visual tokens of the call
+VISUAL_MASK_KWARG = "visual_mask"
+# keyword argument the decoder's forward passes on to its layers: the running call (engine-internal)
+CALL_KWARG = "_vtc_decoder_call"
 # trace fields holding kept token indices (pre-LLM and in-LLM): recorded in answers only with --save-kept-tokens
 KEPT_TOKEN_KEYS = ("kept_indices", "llm_kept_indices")
 
@@ -93,24 +106,39 @@ class _Prefill:
     segments: list[_Segment]
 
 
+class _QueryCapture:
+    """Where the ``q_proj`` hooks of ``query_layers`` put their output: the running prefill's dict, set only while
+    one of those layers runs (``None`` otherwise, so nothing outlives the layer call that produced it)."""
+
+    def __init__(self) -> None:
+        self.target: dict[int, torch.Tensor] | None = None
+
+
 @dataclass
 class EngineState:
-    """Per-instance state, stored in ``language_model.__dict__`` (never a registered submodule)."""
+    """Per-instance settings of the engine, stored in ``language_model.__dict__`` (never a registered submodule).
+
+    Nothing of a forward lives here: each forward gets its own :class:`_Call`. What outlives a forward is the
+    trace of the last prefill (:func:`last_trace`) and, per cache, the layout that cache was filled with.
+    """
 
     config: LLMPruningMethod
     geometry: ModelGeometry
     layers: tuple[int, ...]
     query_layers: tuple[int, ...] = ()
     image_token_id: int | None = None
-    pending_visual: torch.Tensor | None = None
-    prefill: _Prefill | None = None
     last_trace: list[dict[str, Any]] | None = None
     pinned_prompt: int | None = None
-    owner: Any = None  # weakref to the LlavaForConditionalGeneration, when applied through apply()
-    # q_proj outputs of query_layers, only while a pruning prefill runs
-    captured_queries: dict[int, torch.Tensor] | None = None
+    # DynamicCache -> the pruned layout of the prefill that filled it (dies with the cache)
+    prefills: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    capture: _QueryCapture = field(default_factory=_QueryCapture)
     handles: list[Any] = field(default_factory=list)
     saved: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    @property
+    def captured_queries(self) -> dict[int, torch.Tensor] | None:
+        """The ``q_proj`` outputs being captured right now (``None`` outside a query layer's forward)."""
+        return self.capture.target
 
 
 def _state(module: Any) -> EngineState | None:
@@ -130,6 +158,11 @@ def _language_model(model: Any) -> Any:
     raise TypeError(f"no Llama-style decoder found in {type(model).__name__}")
 
 
+def _rotary_function(attn: torch.nn.Module):
+    """The ``apply_rotary_pos_emb(q, k, cos, sin)`` the attention module's own modeling code uses."""
+    return getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+
+
 def _check_decoder(lm: Any) -> None:
     needed = ("embed_tokens", "layers", "rotary_emb", "norm", "config")
     missing = [n for n in needed if not hasattr(lm, n)]
@@ -141,6 +174,8 @@ def _check_decoder(lm: Any) -> None:
     for n in ("q_proj", "k_proj", "head_dim", "scaling"):
         if attn is not None and not hasattr(attn, n):
             missing.append(f"self_attn.{n}")
+    if attn is not None and _rotary_function(attn) is None:
+        missing.append(f"apply_rotary_pos_emb in {type(attn).__module__}")
     if missing:
         raise TypeError(
             f"{type(lm).__name__} lacks {missing}: the in-LLM engine supports Llama-style decoders"
@@ -158,8 +193,8 @@ def attach(
 ) -> EngineState:
     """Install the engine on a bare decoder (``LlamaModel``). Validates ``config`` against ``geometry`` first.
 
-    Visual tokens come from ``input_ids == image_token_id`` when the decoder gets ``input_ids``, or from a
-    ``visual_mask=[B, T] bool`` keyword argument of its ``forward``. Returns the engine state.
+    Visual tokens come from a ``visual_mask=[B, T] bool`` keyword argument of the decoder's ``forward``, else from
+    ``input_ids == image_token_id`` when the decoder gets ``input_ids``. Returns the engine state.
     """
     if not isinstance(config, LLMPruningMethod):
         raise CompressionConfigError(f"{type(config).__name__} is not an in-LLM (Stage.LLM) method config")
@@ -186,10 +221,12 @@ def attach(
     )
     for q in query_layers:
         proj = language_model.layers[q].self_attn.q_proj
-        state.handles.append(proj.register_forward_hook(_capture_queries(state, q)))
-    state.saved["forward"] = (language_model, language_model.__dict__.get("forward"))
+        state.handles.append(proj.register_forward_hook(_capture_queries(state.capture, q)))
+    for i, layer in enumerate(language_model.layers[: language_model.config.num_hidden_layers]):
+        state.handles.append(layer.register_forward_pre_hook(_enter_layer(i), with_kwargs=True))
+    state.handles.append(language_model.register_forward_pre_hook(_begin_call(state), with_kwargs=True))
+    state.handles.append(language_model.register_forward_hook(_end_call, with_kwargs=True))
     language_model.__dict__[STATE_ATTR] = state
-    language_model.forward = types.MethodType(_forward, language_model)
     return state
 
 
@@ -207,6 +244,15 @@ def detach(language_model: torch.nn.Module) -> None:
     del language_model.__dict__[STATE_ATTR]
 
 
+def mark_visual_tokens(state: EngineState, multimodal_model: torch.nn.Module) -> None:
+    """Make every forward of ``multimodal_model`` (a ``LlavaModel``-like module that passes its extra keyword
+    arguments to its decoder) pass ``visual_mask`` (its ``input_ids == state.image_token_id``) down to the decoder.
+    The hook goes with :func:`detach`."""
+    state.handles.append(
+        multimodal_model.register_forward_pre_hook(_visual_mask_hook(state.image_token_id), with_kwargs=True)
+    )
+
+
 def supports(model: Any) -> bool:
     try:
         _check_decoder(_language_model(model))
@@ -218,9 +264,9 @@ def supports(model: Any) -> bool:
 def apply(model: Any, config: LLMPruningMethod, geometry: ModelGeometry | None = None) -> Any:
     """Apply an in-LLM method to a ``LlavaForConditionalGeneration`` instance; returns ``model``.
 
-    Installs the decoder engine, a pre-hook on ``model.model`` (the ``LlavaModel``) that records where the image
-    tokens are in every call's ``input_ids``, and a per-instance ``generate`` wrapper that leaves
-    ``model.llm_compression_trace`` (one dict per input row) after each call.
+    Installs the decoder engine, a pre-hook on ``model.model`` (the ``LlavaModel``) that passes where the image
+    tokens are in every call's ``input_ids`` down to the decoder, and a per-instance ``generate`` wrapper that
+    leaves ``model.llm_compression_trace`` (one dict per input row) after each call.
     """
     base = getattr(model, "model", None)
     if base is None or not hasattr(base, "language_model"):
@@ -234,8 +280,7 @@ def apply(model: Any, config: LLMPruningMethod, geometry: ModelGeometry | None =
     remove(model)
     lm = base.language_model
     state = attach(lm, config, geometry, image_token_id=model.config.image_token_id)
-    state.owner = weakref.ref(model)
-    state.handles.append(base.register_forward_pre_hook(_capture_visual(state), with_kwargs=True))
+    mark_visual_tokens(state, base)
     state.saved["generate"] = (model, model.__dict__.get("generate"))
     model.generate = types.MethodType(_generate, model)
     return model
@@ -289,31 +334,76 @@ def pin_prompt(model: Any, length: int):
         state.pinned_prompt = previous
 
 
-# -- hooks on the LLaVA model ---------------------------------------------------------------------------------------
+# -- hooks ----------------------------------------------------------------------------------------------------------
 
 
-def _capture_visual(state: EngineState):
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+def _visual_mask_hook(image_token_id: int | None):
+    """Pre-hook on the multimodal model: add ``visual_mask`` (its image-token positions) to the call's kwargs."""
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if image_token_id is None or VISUAL_MASK_KWARG in kwargs:
+            return None
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None:
-            state.pending_visual = ids == state.image_token_id
-            return
-        embeds = kwargs.get("inputs_embeds")
-        if embeds is None:
-            state.pending_visual = None
-            return
-        token = torch.tensor(state.image_token_id, device=embeds.device)
-        state.pending_visual = (embeds == module.get_input_embeddings()(token)).all(-1)
+            visual = ids == image_token_id
+        else:
+            embeds = kwargs.get("inputs_embeds")
+            if embeds is None:
+                return None
+            token = torch.tensor(image_token_id, device=embeds.device)
+            visual = (embeds == module.get_input_embeddings()(token)).all(-1)
+        return args, {**kwargs, VISUAL_MASK_KWARG: visual}
 
     return hook
 
 
-def _capture_queries(state: EngineState, layer: int):
-    """Forward hook on ``layers[layer].self_attn.q_proj``: keep its output (a reference) during a pruning prefill."""
+def _begin_call(state: EngineState):
+    """Pre-hook on the decoder: one :class:`_Call` per forward, handed to the layers through the kwargs."""
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs = dict(kwargs)
+        visual = kwargs.pop(VISUAL_MASK_KWARG, None)
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if visual is None and input_ids is not None and state.image_token_id is not None:
+            visual = input_ids == state.image_token_id
+        attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        kwargs[CALL_KWARG] = _Call(module, state, attention_mask, visual)
+        return args, kwargs
+
+    return hook
+
+
+def _enter_layer(index: int):
+    """Pre-hook on decoder layer ``index``: replace what ``LlamaModel.forward`` passes it (full-sequence hidden
+    states, mask, position embeddings and ids) with what the running :class:`_Call` says the layer runs on."""
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        call = kwargs.get(CALL_KWARG)
+        if call is None:
+            return None
+        kwargs = {k: v for k, v in kwargs.items() if k != CALL_KWARG}
+        if args:
+            args = (call.enter_layer(index, args[0], kwargs), *args[1:])
+        else:
+            kwargs["hidden_states"] = call.enter_layer(index, kwargs["hidden_states"], kwargs)
+        return args, kwargs
+
+    return hook
+
+
+def _end_call(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    """Forward hook on the decoder: close the call (the trace and the cache layout of a prefill)."""
+    call = kwargs.get(CALL_KWARG)
+    if call is not None:
+        call.end()
+
+
+def _capture_queries(capture: _QueryCapture, layer: int):
+    """Forward hook on ``layers[layer].self_attn.q_proj``: hand its output (a reference) to the running prefill."""
 
     def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if state.captured_queries is not None:
-            state.captured_queries[layer] = output
+        if capture.target is not None:
+            capture.target[layer] = output
 
     return hook
 
@@ -335,7 +425,7 @@ def _generate(self, *args: Any, **kwargs: Any):
     return result
 
 
-# -- the replaced decoder forward ----------------------------------------------------------------------------------
+# -- one forward of the decoder -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -344,89 +434,81 @@ class _View:
 
     mask: Any
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
-    position_ids: torch.Tensor
+    positions: Positions
 
 
-@merge_with_config_defaults
-@capture_outputs
-def _forward(
-    self,
-    input_ids: torch.LongTensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-    position_ids: torch.LongTensor | None = None,
-    past_key_values: Cache | None = None,
-    inputs_embeds: torch.Tensor | None = None,
-    use_cache: bool | None = None,
-    **kwargs: Any,
-) -> BaseModelOutputWithPast:
-    """``LlamaModel.forward`` (5.23) with the decoder loop split at the method's pruning layers."""
-    state: EngineState = self.__dict__[STATE_ATTR]
-    visual = kwargs.pop("visual_mask", None)
-    pending, state.pending_visual = state.pending_visual, None
-    if (input_ids is None) ^ (inputs_embeds is not None):
-        raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-    if visual is None and input_ids is not None and state.image_token_id is not None:
-        visual = input_ids == state.image_token_id
-    if visual is None:
-        visual = pending
-    if inputs_embeds is None:
-        inputs_embeds = self.embed_tokens(input_ids)
-    if use_cache and past_key_values is None:
-        past_key_values = DynamicCache(config=self.config)
-    if past_key_values is not None and not isinstance(past_key_values, DynamicCache):
-        raise TypeError(
-            f"in-LLM token pruning needs a DynamicCache (per-layer cache lengths differ), got "
-            f"{type(past_key_values).__name__}; do not set cache_implementation='static'"
-        )
-    past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
-    if position_ids is None:
-        position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
-        position_ids = position_ids.unsqueeze(0)
+class _Call:
+    """One forward of the decoder: created by its pre-hook, handed to every layer in the keyword arguments."""
 
-    causal_mask = create_causal_mask(
-        config=self.config,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        past_key_values=past_key_values,
-        position_ids=position_ids,
-    )
-    hidden_states = inputs_embeds
-    view = _View(causal_mask, self.rotary_emb(hidden_states, position_ids=position_ids), position_ids)
+    def __init__(self, lm, state: EngineState, attention_mask, visual):
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none)")
+        self.lm, self.state = lm, state
+        self.attention_mask, self.visual = attention_mask, visual
+        self.run: _PrefillRun | _DecodeRun | None = None
+        self.view: _View | None = None  # what layers get from the current segment on (None: what they receive)
+        self.layer_input: torch.Tensor | None = None  # input of the layer that ran last
+        self.captured: dict[int, torch.Tensor] = {}  # q_proj outputs of query_layers, this prefill only
 
-    if past_seen == 0:
-        run: _PrefillRun | _DecodeRun | None = _PrefillRun(
-            self, state, inputs_embeds, attention_mask, position_ids, visual, past_key_values
-        )
-    else:
-        run = _DecodeRun.create(self, state, attention_mask, position_ids, past_key_values, past_seen)
-
-    layer_input = hidden_states
-    if isinstance(run, _PrefillRun) and run.starts and state.query_layers:
-        state.captured_queries = {}
-    try:
-        for i, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if run is not None and i in run.starts:
-                hidden_states, view = run.enter(i, hidden_states, layer_input, view)
-            layer_input = hidden_states
-            hidden_states = decoder_layer(
-                hidden_states,
-                attention_mask=view.mask,
-                position_embeddings=view.position_embeddings,
-                position_ids=view.position_ids,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                **kwargs,
+    def _begin(self, hidden: torch.Tensor, kwargs: dict) -> None:
+        cache = kwargs.get("past_key_values")
+        if cache is not None and not isinstance(cache, DynamicCache):
+            raise TypeError(
+                f"in-LLM token pruning needs a DynamicCache (per-layer cache lengths differ), got "
+                f"{type(cache).__name__}; do not set cache_implementation='static'"
             )
-    finally:
-        state.captured_queries = None
-    if isinstance(run, _PrefillRun):
-        run.finish()
+        past_seen = cache.get_seq_length() if cache is not None else 0
+        positions = Positions(kwargs["position_ids"])
+        if past_seen == 0:
+            self.run = _PrefillRun(self.lm, self.state, hidden, self.attention_mask, positions, self.visual, cache)
+        else:
+            self.run = _DecodeRun.create(self.lm, self.state, self.attention_mask, positions, cache, past_seen)
+        capturing = isinstance(self.run, _PrefillRun) and bool(self.run.starts) and bool(self.state.query_layers)
+        self.state.capture.target = self.captured if capturing else None
 
-    hidden_states = self.norm(hidden_states)
-    return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+    def enter_layer(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """The hidden states layer ``index`` runs on; updates ``kwargs`` (what the layer gets) in place."""
+        if index == 0:
+            self._begin(hidden, kwargs)
+        run = self.run
+        if run is not None and index in run.starts:
+            received = self.view or _View(
+                kwargs.get("attention_mask"), kwargs["position_embeddings"], Positions(kwargs["position_ids"])
+            )
+            hidden, self.view = run.enter(index, hidden, self.layer_input, received, self.captured)
+        if self.view is not None:
+            kwargs["attention_mask"] = self.view.mask
+            kwargs["position_embeddings"] = self.view.position_embeddings
+            kwargs["position_ids"] = self.view.positions.ids
+        self.layer_input = hidden
+        return hidden
+
+    def end(self) -> None:
+        self.state.capture.target = None
+        self.captured.clear()
+        self.layer_input = None
+        if isinstance(self.run, _PrefillRun):
+            self.run.finish()
 
 
 # -- prefill: scoring and pruning ----------------------------------------------------------------------------------
+
+
+def _per_row(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[..., 1 or B, T, d]`` -> ``[..., B, T, d]`` (position embeddings shared by all rows, broadcast)."""
+    return x.expand(*x.shape[:-3], batch, *x.shape[-2:])
+
+
+def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[..., B, T, d]`` (e.g. ``cos``), ``index`` ``[B, T']`` -> ``[..., B, T', d]``."""
+    x = _per_row(x, index.shape[0])
+    return torch.gather(x, -2, index[..., None].expand(*x.shape[:-3], *index.shape, x.shape[-1]))
+
+
+def _rotate(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` (``[B, heads, n, d]`` queries or keys) rotated as the attention module's own code does."""
+    rotated, _ = _rotary_function(attn)(x, x, cos, sin)
+    return rotated
 
 
 class _Step(PruneStep):
@@ -445,9 +527,8 @@ class _Step(PruneStep):
         self.run, self.layer, self.stage = run, layer, stage
         self._captured_queries = captured_queries  # [B, T, H*d] layer K-1's q_proj output, pre-RoPE
         self.hidden, self.prev_hidden = hidden, prev_hidden
-        b, t = hidden.shape[:2]
-        cos, sin = view.position_embeddings
-        self._cos, self._sin = cos.expand(b, t, -1), sin.expand(b, t, -1)
+        cos, sin = view.position_embeddings  # what layer K-1 received, for the current tokens
+        self._cos, self._sin = _per_row(cos, hidden.shape[0]), _per_row(sin, hidden.shape[0])
         self.visual, self.valid, self.prompt, self.orig_index = (
             run.visual,
             run.valid,
@@ -490,7 +571,7 @@ class _Step(PruneStep):
             attn = block.self_attn
             x = block.input_layernorm(src)
             k = attn.k_proj(x).view(src.shape[0], t, -1, attn.head_dim).transpose(1, 2)
-            k = scoring.apply_rope(k, self._cos, self._sin)
+            k = _rotate(attn, k, self._cos, self._sin)
         self._keys[layer] = k
         return k
 
@@ -507,10 +588,7 @@ class _Step(PruneStep):
             x = torch.gather(src, 1, index[..., None].expand(-1, -1, src.shape[-1]))
             q = attn.q_proj(block.input_layernorm(x))
         q = q.view(index.shape[0], index.shape[1], -1, attn.head_dim).transpose(1, 2)
-        hd = self._cos.shape[-1]
-        cos = torch.gather(self._cos, 1, index[..., None].expand(-1, -1, hd))
-        sin = torch.gather(self._sin, 1, index[..., None].expand(-1, -1, hd))
-        return scoring.apply_rope(q, cos, sin)
+        return _rotate(attn, q, _gather_tokens(self._cos, index), _gather_tokens(self._sin, index))
 
     def attention(
         self, layer: int, queries: torch.Tensor, query_valid: torch.Tensor | None = None
@@ -528,13 +606,13 @@ class _Step(PruneStep):
 class _PrefillRun:
     """One prefill forward: current token bookkeeping, pruning at each scheduled layer, the trace."""
 
-    def __init__(self, lm, state: EngineState, inputs_embeds, attention_mask, position_ids, visual, cache):
+    def __init__(
+        self, lm, state: EngineState, inputs_embeds, attention_mask, positions: Positions, visual, cache
+    ):
         self.lm, self.state, self.cache = lm, state, cache
         self.inputs_embeds = inputs_embeds
         b, t = inputs_embeds.shape[:2]
         dev = inputs_embeds.device
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none)")
         self.valid = (
             torch.ones(b, t, dtype=torch.bool, device=dev)
             if attention_mask is None
@@ -543,17 +621,17 @@ class _PrefillRun:
         if visual is None or tuple(visual.shape) != (b, t):
             visual = torch.zeros(b, t, dtype=torch.bool, device=dev)
         self.visual = visual.to(dev).bool() & self.valid
-        positions = torch.arange(t, device=dev).expand(b, t)
+        index = torch.arange(t, device=dev).expand(b, t)
         self.prompt = self.valid.clone()
         if state.pinned_prompt is not None:
-            self.prompt &= positions < state.pinned_prompt
+            self.prompt &= index < state.pinned_prompt
         self.input_visual, self.input_prompt = self.visual, self.prompt
-        self.orig_index = positions
+        self.orig_index = index
         # LLM-input index of the token each current token is or stands for (a merged token: the token whose
         # position it takes, e.g. SparseVLM's cluster centre or FiCoCo-L's preserved token)
-        self.stand_in = positions
-        self.positions = position_ids.expand(b, t)
-        self.next_position = self.positions.masked_fill(~self.valid, -1).amax(dim=1) + 1
+        self.stand_in = index
+        self.positions = positions.expand(b, t)
+        self.next_position = self.positions.end(self.valid)
         self.mode = state.config.position_mode()
         self.prompt_length, self.batch_size = t, b
         self.starts = state.layers if bool(self.visual.any()) else ()
@@ -564,23 +642,35 @@ class _PrefillRun:
         # (layer, visual mask, orig_index, stand_in) of the tokens entering each pruning layer (read at finish())
         self.kept: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
+    def enter(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        prev_hidden: torch.Tensor,
+        view: _View,
+        captured: dict[int, torch.Tensor],
+    ):
         stage = self.state.layers.index(layer)
-        captured = self.state.captured_queries
         # layer K-1's q_proj output is consumed here: drop it (and anything older) so at most one stays alive
-        q = captured.pop(layer - 1, None) if captured is not None else None
-        if captured:
-            for old in [i for i in captured if i < layer]:
-                del captured[old]
+        q = captured.pop(layer - 1, None)
+        for old in [i for i in captured if i < layer]:
+            del captured[old]
         step = _Step(self, layer, stage, hidden, prev_hidden, view, captured_queries=q)
         selections = self.state.config.select(step)
         if len(selections) != hidden.shape[0]:
             raise RuntimeError(
                 f"{self.state.config.name}: select() returned {len(selections)} rows, not {hidden.shape[0]}"
             )
-        return self._rebuild(layer, hidden, step, selections)
+        return self._rebuild(layer, hidden, view, selections, step)
 
-    def _rebuild(self, layer: int, hidden: torch.Tensor, step: _Step, selections: list[RowSelection | None]):
+    def _rebuild(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        view: _View,
+        selections: list[RowSelection | None],
+        step: _Step,
+    ):
         b, t, d = hidden.shape
         dev = hidden.device
         rows, merged_rows, merged_pos, kept_sets = [], [], [], []
@@ -618,7 +708,7 @@ class _PrefillRun:
                 else anchor.expand(m)
             )
             merged_rows.append(sel.merged.to(hidden.dtype))
-            merged_pos.append(self.positions[r, source])
+            merged_pos.append(self.positions.take(r, source))
             merged_stand_in.append(self.stand_in[r, source])
 
         # Left-fill every row to the longest one with masked filler: the row's own unused tokens (its padding and
@@ -651,31 +741,37 @@ class _PrefillRun:
         extra = max_m + int(need_blank)
         if extra:
             pad = torch.zeros(b, extra, d, dtype=hidden.dtype, device=dev)
-            pos_pad = torch.zeros(b, extra, dtype=self.positions.dtype, device=dev)
+            pos_pad = self.positions.slots(extra)
             flag = torch.zeros(b, extra, dtype=torch.bool, device=dev)
-            stand_pad = torch.full_like(pos_pad, -1)
+            stand_pad = torch.full((b, extra), -1, dtype=self.stand_in.dtype, device=dev)
             for r, (mr, mp, ms) in enumerate(zip(merged_rows, merged_pos, merged_stand_in)):
                 if mr is not None:
                     pad[r, : mr.shape[0]] = mr
-                    pos_pad[r, : mp.shape[0]] = mp
+                    pos_pad[..., r, : mp.shape[-1]] = mp
                     stand_pad[r, : ms.shape[0]] = ms
                     flag[r, : mr.shape[0]] = True  # merged tokens are visual prompt tokens
             src_hidden = torch.cat([hidden, pad], dim=1)
-            src_pos = torch.cat([self.positions, pos_pad], dim=1)
+            src_pos = self.positions.cat(pos_pad)
             src_visual = torch.cat([self.visual, flag], dim=1)
             src_prompt = torch.cat([self.prompt, flag], dim=1)
-            src_orig = torch.cat([self.orig_index, torch.full_like(pos_pad, -1)], dim=1)
+            src_orig = torch.cat([self.orig_index, torch.full_like(stand_pad, -1)], dim=1)
             src_stand_in = torch.cat([self.stand_in, stand_pad], dim=1)
 
         new_hidden = torch.gather(src_hidden, 1, index[..., None].expand(-1, -1, d))
-        positions = torch.gather(src_pos, 1, index)
+        positions = src_pos.gather(index)
         if self.mode == "compact":
-            base = self.positions.masked_fill(~self.valid, torch.iinfo(self.positions.dtype).max).amin(dim=1)
-            ranks = valid.long().cumsum(dim=1) - 1
-            positions = torch.where(valid, base[:, None] + ranks, positions)
-            shift = self.next_position - (positions.masked_fill(~valid, -1).amax(dim=1) + 1)
+            positions = positions.renumbered(valid, self.positions.start(self.valid))
+            shift = self.next_position - positions.end(valid)
+            # renumbered positions: the model's own rotary embedding of the new ids
+            position_embeddings = self.lm.rotary_emb(new_hidden, position_ids=positions.ids)
         else:
             shift = torch.zeros(b, dtype=torch.long, device=dev)
+            # kept positions: the rows of the cos/sin the layer received (merged / filler slots: their own ids)
+            cos, sin = (_per_row(x, b) for x in view.position_embeddings)
+            if extra:
+                slot_cos, slot_sin = self.lm.rotary_emb(pad, position_ids=pos_pad)
+                cos, sin = torch.cat([cos, slot_cos], dim=-2), torch.cat([sin, slot_sin], dim=-2)
+            position_embeddings = (_gather_tokens(cos, index), _gather_tokens(sin, index))
         self.visual = torch.gather(src_visual, 1, index) & valid
         self.prompt = torch.gather(src_prompt, 1, index) & valid
         self.orig_index = torch.gather(src_orig, 1, index)
@@ -694,8 +790,7 @@ class _PrefillRun:
             position_ids=None,
             layer_idx=layer,
         )
-        view = _View(mask, self.lm.rotary_emb(new_hidden, position_ids=positions), positions)
-        return new_hidden, view
+        return new_hidden, _View(mask, position_embeddings, positions)
 
     def _kept_indices(self, row: int) -> dict[str, list[int]]:
         """Pruning layer -> the row's visual tokens entering it, as indices ``i`` into its LLM-input visual tokens:
@@ -729,14 +824,10 @@ class _PrefillRun:
                 }
             )
         self.state.last_trace = traces
-        owner = self.state.owner() if self.state.owner is not None else None
-        if owner is not None:
-            owner.__dict__[TRACE_ATTR] = traces
-        self.state.prefill = (
-            _Prefill(self.prompt_length, self.batch_size, self.segments)
-            if self.cache is not None and self.segments
-            else None
-        )
+        if self.cache is not None and self.segments:
+            self.state.prefills[self.cache] = _Prefill(self.prompt_length, self.batch_size, self.segments)
+        elif self.cache is not None:
+            self.state.prefills.pop(self.cache, None)
 
 
 def _check_keep(keep: Any, num_visual: int, method: str) -> torch.Tensor:
@@ -755,21 +846,26 @@ def _check_keep(keep: Any, num_visual: int, method: str) -> torch.Tensor:
 class _DecodeRun:
     """A forward after the prefill: per-segment 2-D masks and shifted position ids; never re-prunes."""
 
-    def __init__(self, lm, record: _Prefill, attention_mask, position_ids, cache, past_seen: int):
+    def __init__(self, lm, record: _Prefill, attention_mask, positions: Positions, cache, past_seen: int):
         self.lm, self.record, self.cache = lm, record, cache
-        self.attention_mask, self.position_ids, self.past_seen = attention_mask, position_ids, past_seen
+        self.attention_mask, self.positions, self.past_seen = attention_mask, positions, past_seen
         self.starts = {s.start: s for s in record.segments}
 
     @classmethod
-    def create(cls, lm, state: EngineState, attention_mask, position_ids, cache, past_seen: int):
-        record = state.prefill
+    def create(cls, lm, state: EngineState, attention_mask, positions: Positions, cache, past_seen: int):
+        record = state.prefills.get(cache)  # the layout this cache was filled with (None: not pruned)
         if record is None:
             return None
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none)")
-        return cls(lm, record, attention_mask, position_ids, cache, past_seen)
+        return cls(lm, record, attention_mask, positions, cache, past_seen)
 
-    def enter(self, layer: int, hidden: torch.Tensor, prev_hidden: torch.Tensor, view: _View):
+    def enter(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        prev_hidden: torch.Tensor,
+        view: _View,
+        captured: dict[int, torch.Tensor],
+    ):
         seg = self.starts[layer]
         b, q = hidden.shape[:2]
         record = self.record
@@ -790,7 +886,7 @@ class _DecodeRun:
         else:
             tail = torch.ones(b, extra, dtype=seg.prompt_mask.dtype, device=hidden.device)
         mask_2d = torch.cat([seg.prompt_mask, tail], dim=1)
-        positions = self.position_ids.expand(b, q) - seg.shift[:, None]
+        positions = self.positions.expand(b, q).shifted(seg.shift)
         mask = create_causal_mask(
             config=self.lm.config,
             inputs_embeds=hidden,
@@ -799,4 +895,4 @@ class _DecodeRun:
             position_ids=None,
             layer_idx=layer,
         )
-        return hidden, _View(mask, self.lm.rotary_emb(hidden, position_ids=positions), positions)
+        return hidden, _View(mask, self.lm.rotary_emb(hidden, position_ids=positions.ids), positions)

@@ -1,25 +1,14 @@
 """Scores for in-LLM methods from a decoder layer's own queries and keys (pure tensor functions).
 
 Only the attention rows a method needs are evaluated (a few queries against all keys), so the layers keep their
-attention backend. Every score is fp32. Shapes: ``B`` rows, ``H`` query heads, ``H_kv`` key/value heads (GQA:
+attention backend. Queries and keys arrive post-RoPE: the engine rotates them with the model's own
+``apply_rotary_pos_emb`` and the position embeddings the layer receives (no RoPE is re-implemented here). Every score is fp32. Shapes: ``B`` rows, ``H`` query heads, ``H_kv`` key/value heads (GQA:
 ``H = g * H_kv``), ``Q`` queries, ``T`` keys, head width ``d``.
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Llama's RoPE helper: ``[x1, x2] -> [-x2, x1]`` over the last dimension."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (``[B, heads, n, d]``) with ``cos``/``sin`` (``[B, n, d]``) as Llama's attention does."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return (x * cos) + (rotate_half(x) * sin)
 
 
 def expand_kv_heads(k: torch.Tensor, num_heads: int) -> torch.Tensor:
