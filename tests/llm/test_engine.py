@@ -307,3 +307,106 @@ def test_rows_growing_past_the_input_length_are_filled_with_blank_slots(model):
     tokens = greedy_generate(model, ids, mask, kw, 4)
     assert torch.equal(tokens[1], ref_tokens[1])
     assert torch.equal(tokens, uncached_greedy(model, ids, mask, kw, 4)[0])
+
+
+# -- the seams: kwargs through the layers, RoPE from the model, one layout per cache --------------------------------
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["keys-from-cache", "keys-recomputed"])
+@torch.inference_mode()
+def test_scores_rotate_with_the_models_own_rope(model, use_cache, monkeypatch):
+    """The engine rotates queries/keys with the decoder's own ``apply_rotary_pos_emb`` and the cos/sin its layers
+    receive: give the family another rotation and the scores still match its attention weights."""
+    from transformers.models.llama import modeling_llama
+
+    llama_rope = modeling_llama.apply_rotary_pos_emb
+
+    def reverse_rope(q, k, cos, sin, unsqueeze_dim=1):  # rotate by -theta: a decoder whose RoPE is not Llama's
+        return llama_rope(q, k, cos, -sin, unsqueeze_dim)
+
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", reverse_rope)
+    ids, mask, kw, _ = batch(LEFT_PADDED)
+    attn = eager_copy(model)(input_ids=ids, attention_mask=mask, output_attentions=True, **kw).attentions
+    probe = _Probe([1, 2, 3])
+    decoder_pruning.apply(model, probe, geometry())
+    model(input_ids=ids, attention_mask=mask, use_cache=use_cache, **kw)
+    for k in (1, 2, 3):
+        torch.testing.assert_close(probe.rows[(k, "prev")], attn[k - 1][:, :, -1], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(probe.rows[(k, "own")], attn[k][:, :, -1], rtol=1e-4, atol=1e-5)
+
+
+def _step(model, ids, mask, cache, kw=None):
+    """One greedy forward with ``cache`` (prefill when empty), generate()'s position ids; returns next tokens."""
+    q = ids.shape[1]
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -q:]
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **(kw or {})
+    ).logits[:, -1]
+    logits[:, IMAGE_TOKEN_ID] = float("-inf")
+    return logits.argmax(-1)
+
+
+def _decode(model, ids, mask, cache, steps):
+    tokens = []
+    nxt = ids
+    for _ in range(steps):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        nxt = _step(model, nxt[:, None] if nxt.dim() == 1 else nxt, mask, cache)
+        tokens.append(nxt)
+    return torch.stack(tokens, dim=1), mask
+
+
+@torch.inference_mode()
+def test_interleaved_generations_each_decode_with_their_own_cache(model):
+    """Two prompts prefilled one after the other, then decoded alternately: each cache keeps the pruned layout it
+    was filled with (nothing of the first prefill is overwritten by the second)."""
+    from transformers import DynamicCache
+
+    _apply(model, "pdrop")
+    a_ids, a_mask, a_kw, _ = batch(LEFT_PADDED)
+    b_ids, b_mask, b_kw, _ = batch([(4, True, 6)], seed=3)
+
+    def alone(ids, mask, kw):
+        cache = DynamicCache(config=model.config.text_config)
+        first = _step(model, ids, mask, cache, kw)
+        rest, _ = _decode(model, first, mask, cache, 3)
+        return torch.cat([first[:, None], rest], dim=1)
+
+    a_alone, b_alone = alone(a_ids, a_mask, a_kw), alone(b_ids, b_mask, b_kw)
+    a_cache, b_cache = DynamicCache(config=model.config.text_config), DynamicCache(config=model.config.text_config)
+    a_first = _step(model, a_ids, a_mask, a_cache, a_kw)
+    b_first = _step(model, b_ids, b_mask, b_cache, b_kw)
+    a_tokens, a_tokens_mask = [a_first], a_mask
+    b_tokens, b_tokens_mask = [b_first], b_mask
+    for _ in range(3):
+        a_tokens_mask = torch.cat([a_tokens_mask, torch.ones_like(a_tokens_mask[:, :1])], dim=1)
+        a_tokens.append(_step(model, a_tokens[-1][:, None], a_tokens_mask, a_cache))
+        b_tokens_mask = torch.cat([b_tokens_mask, torch.ones_like(b_tokens_mask[:, :1])], dim=1)
+        b_tokens.append(_step(model, b_tokens[-1][:, None], b_tokens_mask, b_cache))
+    assert torch.equal(torch.stack(a_tokens, dim=1), a_alone)
+    assert torch.equal(torch.stack(b_tokens, dim=1), b_alone)
+
+
+@torch.inference_mode()
+def test_the_decoder_forward_itself_runs_and_a_broken_seam_fails_loudly(model):
+    """No forward is replaced (the decoder's own runs; the engine sits in hooks and its layers' kwargs); a decoder
+    that stops passing its kwargs on to its layers makes the engine fail with a message, not silently not prune."""
+    import types
+
+    _apply(model, "fastv")
+    lm = model.model.language_model
+    assert "forward" not in lm.__dict__ and not any("forward" in layer.__dict__ for layer in lm.layers)
+    ids, mask, kw, _ = batch(LEFT_PADDED)
+    model(input_ids=ids, attention_mask=mask, **kw)  # works
+    own_forward = type(lm).forward
+
+    def forward_keeping_kwargs_to_itself(self, *args, **kwargs):
+        kwargs.pop(decoder_pruning.CALL_KWARG, None)
+        return own_forward(self, *args, **kwargs)
+
+    lm.forward = types.MethodType(forward_keeping_kwargs_to_itself, lm)
+    try:
+        with pytest.raises(RuntimeError, match="did not pass its keyword arguments on to its decoder layers"):
+            model(input_ids=ids, attention_mask=mask, **kw)
+    finally:
+        lm.__dict__.pop("forward")

@@ -394,8 +394,15 @@ def _enter_layer(index: int):
 def _end_call(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
     """Forward hook on the decoder: close the call (the trace and the cache layout of a prefill)."""
     call = kwargs.get(CALL_KWARG)
-    if call is not None:
-        call.end()
+    if call is None:
+        return
+    if not call.entered:
+        raise RuntimeError(
+            f"{type(module).__name__}.forward did not pass its keyword arguments on to its decoder layers, so the "
+            "in-LLM engine could not run: re-sync llava/compression/families/decoder_pruning.py with the installed "
+            "transformers"
+        )
+    call.end()
 
 
 def _capture_queries(capture: _QueryCapture, layer: int):
@@ -449,6 +456,7 @@ class _Call:
         self.view: _View | None = None  # what layers get from the current segment on (None: what they receive)
         self.layer_input: torch.Tensor | None = None  # input of the layer that ran last
         self.captured: dict[int, torch.Tensor] = {}  # q_proj outputs of query_layers, this prefill only
+        self.entered = False  # whether the layers got this call (the seam this engine relies on)
 
     def _begin(self, hidden: torch.Tensor, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
@@ -470,6 +478,7 @@ class _Call:
         """The hidden states layer ``index`` runs on; updates ``kwargs`` (what the layer gets) in place."""
         if index == 0:
             self._begin(hidden, kwargs)
+            self.entered = True
         run = self.run
         if run is not None and index in run.starts:
             received = self.view or _View(
