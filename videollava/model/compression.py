@@ -62,7 +62,7 @@ from llava.compression.registry import (
     get_method,
     make_config,
 )
-from llava.compression.selection import topk_indices
+from llava.compression.primitives import topk_indices
 
 BUDGET_MODES = ("per-frame", "global")
 STATE_ATTR = "_vtc_video_compression_state"

@@ -25,8 +25,8 @@ from llava.compression.llm.base import (
     check_positions,
     positions_option,
 )
-from llava.compression.llm.selection import fastv_keep_count, top_scoring
 from llava.compression.pre_llm import check_budget, check_int
+from llava.compression.primitives import top_scoring
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -35,6 +35,28 @@ from llava.compression.registry import (
     option,
     register,
 )
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def fastv_keep_count(num_visual: int, ratio_dropped: float | None, keep: int | None) -> int:
+    """FastV's kept count: ``keep`` when given (clipped to ``N_v``), else ``round(N_v (1 - R))``."""
+    if keep is not None:
+        return min(int(keep), num_visual)
+    return min(num_visual, max(0, round(num_visual * (1.0 - float(ratio_dropped)))))
+
+
+def fastv_keep_for_average(target: float, layer: int, num_layers: int, num_visual: int) -> int:
+    """FastV's kept count ``t`` so that ``(K N + (L - K) t) / L`` is closest to ``target`` (spec section 2.1).
+
+    E.g. ``K=2, L=32, N=576``: 192 -> 166, 128 -> 98, 64 -> 30.
+    """
+    t = (num_layers * target - layer * num_visual) / (num_layers - layer)
+    return max(0, min(num_visual, round(t)))
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
-from llava.compression.merging import knn_weighted_merge, weighted_remainder
 from llava.compression.pre_llm import (
     PreLLMMethod,
     Reduction,
@@ -43,6 +43,14 @@ from llava.compression.pre_llm import (
     check_budget,
     check_choice,
     check_int,
+)
+from llava.compression.primitives import (
+    append_unique,
+    patch_scores,
+    rank_indices,
+    strided_indices,
+    topk_in_rank_order,
+    uniform_fill,
 )
 from llava.compression.registry import (
     CompressionConfigError,
@@ -52,14 +60,6 @@ from llava.compression.registry import (
     option,
     register,
 )
-from llava.compression.scoring import patch_scores
-from llava.compression.selection import (
-    append_unique,
-    iqr_outlier_count,
-    strided_indices,
-    topk_in_rank_order,
-    uniform_fill,
-)
 
 TOKEN_ORDERS = ("rank", "raster")
 BUDGET_RULES = ("vtc-cls", "exact-count")
@@ -68,6 +68,59 @@ DEFAULT_TOP_RATIO = 0.5
 VTC_CLS_TOP_AND_SPACING = {64: (13, 33), 128: (40, 18)}
 VTC_CLS_OTHER_BUDGETS = (95, 9)
 VTC_CLS_RULE_PATCHES = 576  # the grid the rule's constants were made for (range(0, 575, ...))
+
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def iqr_outlier_count(scores: torch.Tensor) -> int:
+    """PruMerge's adaptive budget for one image: how many scores lie above ``Q3 + 1.5 (Q3 - Q1)``.
+
+    ``scores`` is ``[N]``; quartiles use linear interpolation (``numpy.percentile``'s default). The outliers
+    are exactly the top-``count`` tokens, so ``topk_in_rank_order(scores, count)`` selects them.
+    """
+    s = scores.float().flatten()
+    q1, q3 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=s.dtype, device=s.device))
+    return int((s > q3 + 1.5 * (q3 - q1)).sum())
+
+
+def knn_weighted_merge(
+    x: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, centres: torch.Tensor, num_neighbours: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PruMerge's update of each kept token with its most key-similar tokens.
+
+    For each centre ``i`` the ``m = min(num_neighbours, N - 1)`` other tokens ``j`` (kept or not) with the highest
+    cosine similarity of ``keys`` (ties -> lower index) are added, weighted by ``weights`` (the [CLS]
+    attention), without normalisation: ``y_i = x_i + sum_j w_j x_j``.
+
+    Args:
+        x: ``[N, C]`` features; keys: ``[N, Ck]``; weights: ``[N]``; centres: ``[k]`` token indices (any order).
+
+    Returns:
+        ``(y, neighbours)``: ``[k, C]`` in the order of ``centres`` and ``[k, m]`` neighbour indices.
+    """
+    n = x.shape[0]
+    m = min(num_neighbours, n - 1)
+    kn = F.normalize(keys.float(), dim=-1)
+    sim = kn[centres] @ kn.T  # [k, N]
+    sim[torch.arange(centres.numel(), device=sim.device), centres] = float(
+        "-inf"
+    )  # a token is not its own neighbour
+    neighbours = rank_indices(sim)[:, :m]  # [k, m]
+    xf = x.float()
+    y = xf[centres] + (weights.float()[neighbours].unsqueeze(-1) * xf[neighbours]).sum(dim=1)
+    return y.to(x.dtype), neighbours
+
+
+def weighted_remainder(x: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """PruMerge's extra token: ``sum_{j not in kept} w_j x_j``. ``[N, C]``, ``[N]``, ``[k]`` -> ``[C]``."""
+    drop = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    drop[kept] = False
+    return (weights.float()[drop].unsqueeze(-1) * x.float()[drop]).sum(dim=0).to(x.dtype)
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
