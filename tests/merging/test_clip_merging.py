@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import llava.compression as vtc
-from llava.compression import ficoco
+from llava.compression import primitives
 from llava.compression.methods.ficoco import FiCoCoVConfig
 from llava.compression.methods.tome import ToMeConfig
 from llava.compression.registry import CompressionConfigError
@@ -210,4 +210,4 @@ def test_default_budget_and_geometry_of_llava_1_5():
     assert vtc.make_config("ficoco-v", g, ficoco_r=42).final_count(g) == 576 - 11 * 42  # the released r
     t = vtc.make_config("tome", g, visual_token_num=192)
     assert sum(t.per_layer(g)) == 384 and len(t.per_layer(g)) == 23
-    assert ficoco.merge_schedule(576, 23, target=192) == t.per_layer(g)
+    assert primitives.merge_schedule(576, 23, target=192) == t.per_layer(g)
