@@ -37,7 +37,7 @@ class StubStep(PruneStep):
 
     def __init__(self, layer, stage, visual, rows, hidden=None, keys=None, inputs_embeds=None):
         b, t = visual.shape
-        self.layer, self.stage = layer, stage
+        self.layer, self.stage, self.geometry = layer, stage, TINY
         self.visual = visual
         self.valid = torch.ones(b, t, dtype=torch.bool)
         self.prompt = self.valid

@@ -37,6 +37,7 @@ are not reproduced.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -448,6 +449,30 @@ def _quantile_option() -> Any:
     return option(0.998, "--ficoco-quantile", "FiCoCo: quantile eps of the token-adaptive targets")
 
 
+def _lambda_option() -> Any:
+    return option(0.35, "--ficoco-lambda", "FiCoCo-V: weight of the vision-aware redundancy")
+
+
+def _local_penalty_option() -> Any:
+    return option(True, "--ficoco-local-penalty", "FiCoCo-V: 2x2 local penalty on the redundancy scores")
+
+
+def _size_weighted_option() -> Any:
+    return option(
+        False,
+        "--ficoco-size-weighted",
+        "FiCoCo-V: weigh tokens by their size in the merge (conserves the size-weighted token sum; not in the paper)",
+    )
+
+
+def _beta_option() -> Any:
+    return option(0.6, "--ficoco-beta", "FiCoCo-L: weight of the vision-aware redundancy")
+
+
+def _gamma_option() -> Any:
+    return option(0.6, "--ficoco-gamma", "FiCoCo-L: weight of the direct correlation")
+
+
 def _check_unit(flag: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
         raise CompressionConfigError(f"{flag} must be a number in [0, 1], got {value!r}")
@@ -496,17 +521,11 @@ class FiCoCoVConfig(VisionEncoderMethod):
         "FiCoCo: first merging layer, 0-based (ficoco-v: CLIP encoder layer, default 12; ficoco-l: decoder layer "
         "that first runs on merged tokens, default 4)",
     )
-    ficoco_lambda: float = option(0.35, "--ficoco-lambda", "FiCoCo-V: weight of the vision-aware redundancy")
+    ficoco_lambda: float = _lambda_option()
     ficoco_quantile: float = _quantile_option()
-    ficoco_local_penalty: bool = option(
-        True, "--ficoco-local-penalty", "FiCoCo-V: 2x2 local penalty on the redundancy scores"
-    )
+    ficoco_local_penalty: bool = _local_penalty_option()
     ficoco_redundancy: str | None = _redundancy_option()
-    ficoco_size_weighted: bool = option(
-        False,
-        "--ficoco-size-weighted",
-        "FiCoCo-V: weigh tokens by their size in the merge (conserves the size-weighted token sum; not in the paper)",
-    )
+    ficoco_size_weighted: bool = _size_weighted_option()
     ficoco_reference_quirks: bool = _quirks_option()
 
     def __post_init__(self) -> None:
@@ -614,8 +633,8 @@ class FiCoCoLConfig(LLMPruningMethod):
         "FiCoCo: first merging layer, 0-based (ficoco-v: CLIP encoder layer, default 12; ficoco-l: decoder layer "
         "that first runs on merged tokens, default 4)",
     )
-    ficoco_beta: float = option(0.6, "--ficoco-beta", "FiCoCo-L: weight of the vision-aware redundancy")
-    ficoco_gamma: float = option(0.6, "--ficoco-gamma", "FiCoCo-L: weight of the direct correlation")
+    ficoco_beta: float = _beta_option()
+    ficoco_gamma: float = _gamma_option()
     ficoco_quantile: float = _quantile_option()
     ficoco_redundancy: str | None = _redundancy_option()
     ficoco_reference_quirks: bool = _quirks_option()
@@ -638,7 +657,6 @@ class FiCoCoLConfig(LLMPruningMethod):
             check_choice("--ficoco-redundancy", self.ficoco_redundancy, REDUNDANCY_DIRECTIONS)
         _check_bool("--ficoco-reference-quirks", self.ficoco_reference_quirks)
         check_positions(self.llm_positions)
-        self._schedules: dict[tuple[int, int], list[int]] = {}
 
     @property
     def direction(self) -> str:
@@ -660,20 +678,16 @@ class FiCoCoLConfig(LLMPruningMethod):
 
     def per_layer(self, num_visual: int, num_steps: int) -> list[int]:
         """Merges before each pruning layer for a row that enters the LLM with ``num_visual`` visual tokens."""
-        key = (num_visual, num_steps)
-        if key not in self._schedules:
-            target = self.visual_token_num
-            if target is not None and target > num_visual:
-                target = num_visual  # a row with fewer visual tokens than the budget is left as it is
-            self._schedules[key] = solve_schedule(
-                num_visual, num_steps, target, self.ficoco_r, f"in decoder layers {self.ficoco_start_layer}.."
-            )
-        return self._schedules[key]
+        target = self.visual_token_num
+        if target is not None and target > num_visual:
+            target = num_visual  # a row with fewer visual tokens than the budget is left as it is
+        return solve_schedule(
+            num_visual, num_steps, target, self.ficoco_r, f"in decoder layers {self.ficoco_start_layer}.."
+        )
 
     def validate(self, geometry: ModelGeometry) -> None:
         steps = len(self.prune_layers(geometry))
         n0 = self.expected_input(geometry)
-        self._geometry = geometry
         if self.visual_token_num is not None:
             check_int(
                 "--visual-token-num",
@@ -718,7 +732,7 @@ class FiCoCoLConfig(LLMPruningMethod):
             idx = torch.cat([vis_rows[r], txt_rows[r]])
             index[r, : idx.numel()] = idx
         attn = _layer_attention(step, layer, index, logits=self.ficoco_reference_quirks)  # [B, W, T]
-        num_steps = self._num_steps(step)
+        num_steps = len(self.prune_layers(step.geometry))
         for r in rows:
             vis, txt = vis_rows[r], txt_rows[r]
             n, m = vis.numel(), txt.numel()
@@ -751,12 +765,6 @@ class FiCoCoLConfig(LLMPruningMethod):
                 merged_position_of=preserved[0],
             )
         return out
-
-    def _num_steps(self, step: PruneStep) -> int:
-        geometry = getattr(self, "_geometry", None)
-        if geometry is None:
-            raise RuntimeError("ficoco-l: validate(geometry) must run before select() (the engine does it)")
-        return len(self.prune_layers(geometry))
 
 
 def _layer_attention(step: PruneStep, layer: int, index: torch.Tensor, logits: bool) -> torch.Tensor:
@@ -800,19 +808,13 @@ class FiCoCoVLConfig(MethodConfig):
     ficoco_llm_start_layer: int = option(
         4, "--ficoco-llm-start-layer", "FiCoCo-VL: first decoder layer that runs on merged tokens (0-based)"
     )
-    ficoco_lambda: float = option(0.35, "--ficoco-lambda", "FiCoCo-V: weight of the vision-aware redundancy")
-    ficoco_beta: float = option(0.6, "--ficoco-beta", "FiCoCo-L: weight of the vision-aware redundancy")
-    ficoco_gamma: float = option(0.6, "--ficoco-gamma", "FiCoCo-L: weight of the direct correlation")
+    ficoco_lambda: float = _lambda_option()
+    ficoco_beta: float = _beta_option()
+    ficoco_gamma: float = _gamma_option()
     ficoco_quantile: float = _quantile_option()
-    ficoco_local_penalty: bool = option(
-        True, "--ficoco-local-penalty", "FiCoCo-V: 2x2 local penalty on the redundancy scores"
-    )
+    ficoco_local_penalty: bool = _local_penalty_option()
     ficoco_redundancy: str | None = _redundancy_option()
-    ficoco_size_weighted: bool = option(
-        False,
-        "--ficoco-size-weighted",
-        "FiCoCo-V: weigh tokens by their size in the merge (conserves the size-weighted token sum; not in the paper)",
-    )
+    ficoco_size_weighted: bool = _size_weighted_option()
     ficoco_reference_quirks: bool = _quirks_option()
     llm_positions: str = positions_option("original")
 
@@ -827,15 +829,9 @@ class FiCoCoVLConfig(MethodConfig):
     def vision_for(self, geometry: ModelGeometry | None) -> FiCoCoVConfig:
         """The encoder stage as a ``ficoco-v`` config (``geometry``: the model's, for the default split)."""
         return FiCoCoVConfig(
+            **self._stage_arguments(FiCoCoVConfig),
             visual_token_num=self._vision_target(geometry),
-            ficoco_r=self.ficoco_r,
             ficoco_start_layer=self.ficoco_vision_start_layer,
-            ficoco_lambda=self.ficoco_lambda,
-            ficoco_quantile=self.ficoco_quantile,
-            ficoco_local_penalty=self.ficoco_local_penalty,
-            ficoco_redundancy=self.ficoco_redundancy,
-            ficoco_size_weighted=self.ficoco_size_weighted,
-            ficoco_reference_quirks=self.ficoco_reference_quirks,
         )
 
     def llm_for(self, geometry: ModelGeometry) -> FiCoCoLConfig:
@@ -867,17 +863,25 @@ class FiCoCoVLConfig(MethodConfig):
 
     def _llm(self, geometry: ModelGeometry | None) -> FiCoCoLConfig:
         return FiCoCoLConfig(
+            **self._stage_arguments(FiCoCoLConfig),
             visual_token_num=self.visual_token_num,
-            ficoco_r=self.ficoco_r,
             ficoco_start_layer=self.ficoco_llm_start_layer,
-            ficoco_beta=self.ficoco_beta,
-            ficoco_gamma=self.ficoco_gamma,
-            ficoco_quantile=self.ficoco_quantile,
-            ficoco_redundancy=self.ficoco_redundancy,
-            ficoco_reference_quirks=self.ficoco_reference_quirks,
-            llm_positions=self.llm_positions,
             input_tokens=None if geometry is None else self.vision_for(geometry).final_count(geometry),
         )
+
+    def _stage_arguments(self, stage: type[MethodConfig]) -> dict[str, Any]:
+        """This config's values of the ``stage`` config's fields that both share by name (the budget and the start
+        layer differ per stage and are set by the caller)."""
+        own = {f.name for f in dataclasses.fields(self)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(stage)
+            if f.name in own and f.name not in _PER_STAGE_FIELDS
+        }
+
+
+# fields of FiCoCo-VL that do not carry over to a stage config under their own name
+_PER_STAGE_FIELDS = frozenset({"visual_token_num", "ficoco_start_layer"})
 
 
 register(

@@ -130,9 +130,7 @@ class PDropConfig(LLMPruningMethod):
         return parse_int_list("--pdrop-layers", self.pdrop_layers)
 
     def ratio(self, geometry: ModelGeometry) -> float:
-        """``lambda``: given, solved from ``--visual-token-num``, or 0.5."""
-        if getattr(self, "_ratio_for", None) == geometry:
-            return self._ratio
+        """``lambda``: given, solved from ``--visual-token-num`` on ``geometry``, or 0.5."""
         if self.visual_token_num is not None:
             return solve_pdrop_ratio(
                 self.visual_token_num, geometry.num_patches, self.layers, geometry.llm_layers
@@ -141,8 +139,7 @@ class PDropConfig(LLMPruningMethod):
 
     def validate(self, geometry: ModelGeometry) -> None:
         self.prune_layers(geometry)
-        self._ratio = self.ratio(geometry)  # solved once (raises when the target is out of reach)
-        self._ratio_for = geometry
+        self.ratio(geometry)  # raises when the target is out of reach
 
     def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return check_layers("--pdrop-layers", self.layers, geometry)
@@ -151,9 +148,7 @@ class PDropConfig(LLMPruningMethod):
         return {"pdrop_lambda": self.ratio(geometry)}
 
     def select(self, step: PruneStep) -> list[RowSelection | None]:
-        ratio = getattr(self, "_ratio", None)
-        if ratio is None:
-            raise RuntimeError("pdrop: validate(geometry) must run before select() (the engine does)")
+        ratio = self.ratio(step.geometry)
         query = step.last_prompt_index()[:, None]
         scores = step.attention(step.layer, query).mean(dim=1)[:, 0]  # the next layer's own q/k
         out: list[RowSelection | None] = []
