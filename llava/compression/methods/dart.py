@@ -34,6 +34,7 @@ from llava.compression.llm.base import (
     check_positions,
     positions_option,
 )
+from llava.compression.llm.schedule import per_layer_counts
 from llava.compression.llm.scoring import key_l1_norm
 from llava.compression.pre_llm import check_choice, check_int
 from llava.compression.primitives import rank_indices
@@ -192,6 +193,12 @@ class DARTConfig(LLMPruningMethod):
 
     def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
         return {"dart_kept": self.kept_count()}
+
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``), when at least ``q`` text tokens follow the image (:meth:`kept_count`)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        return per_layer_counts(geometry.llm_layers, n, [(self.prune_layers(geometry)[0], min(n, self.kept_count()))])
 
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         keys = step.keys(step.layer - 1)  # [B, H_kv, T, d], post-RoPE

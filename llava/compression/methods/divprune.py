@@ -129,6 +129,10 @@ class DivPruneConfig(PreLLMMethod):
     def validate(self, geometry: ModelGeometry) -> None:
         check_budget(self.visual_token_num, geometry)
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         projected = self.divprune_space == "projected"
         if projected:

@@ -53,6 +53,10 @@ class FasterVLMConfig(PreLLMMethod):
     def probe_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return (geometry.feature_layer,)
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         scores = cls_patch_scores(signals, signals.feature_layer, self.head_reduction)
         return selection_reduction(signals.patches, topk_indices(scores, self.visual_token_num))

@@ -25,6 +25,7 @@ from llava.compression.llm.base import (
     check_positions,
     positions_option,
 )
+from llava.compression.llm.schedule import per_layer_counts
 from llava.compression.pre_llm import check_budget, check_int
 from llava.compression.primitives import top_scoring
 from llava.compression.registry import (
@@ -100,6 +101,13 @@ class FastVConfig(LLMPruningMethod):
 
     def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return check_layers("--fastv-k", (self.fastv_k,), geometry)
+
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        keep = fastv_keep_count(n, self.ratio, self.visual_token_num)
+        return per_layer_counts(geometry.llm_layers, n, [(self.prune_layers(geometry)[0], keep)])
 
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         query = step.last_prompt_index()[:, None]

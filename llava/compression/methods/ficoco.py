@@ -53,6 +53,7 @@ from llava.compression.llm.base import (
     check_positions,
     positions_option,
 )
+from llava.compression.llm.schedule import per_layer_counts
 from llava.compression.llm.scoring import causal_allowed, expand_kv_heads
 from llava.compression.pre_llm import check_budget, check_choice, check_feature_layer, check_int
 from llava.compression.primitives import merge_schedule
@@ -709,6 +710,19 @@ class FiCoCoLConfig(LLMPruningMethod):
         # every merge reads layer K-1's queries of all visual + following text tokens: capture, do not recompute
         return tuple(k - 1 for k in self.prune_layers(geometry))
 
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default: what the LLM is expected to receive, :meth:`expected_input`)."""
+        n = self.expected_input(geometry) if visual_tokens is None else visual_tokens
+        layers = self.prune_layers(geometry)
+        current, drops = n, []
+        for layer, r in zip(layers, self.per_layer(n, len(layers))):
+            r = min(r, current - 1)
+            if r > 0:
+                current -= r
+                drops.append((layer, current))
+        return per_layer_counts(geometry.llm_layers, n, drops)
+
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         layer = step.layer - 1  # merging before layer K reads layer K-1's attention
         b = step.batch_size
@@ -847,6 +861,15 @@ class FiCoCoVLConfig(MethodConfig):
                 f"{vision.final_count(geometry)} tokens left after the encoder"
             )
         self._llm(geometry).validate(geometry)
+
+    def encoder_token_schedule(self, geometry: ModelGeometry) -> list[tuple[int, int]]:
+        """Per encoder layer of one image, (attention, MLP) tokens with the [CLS]: FiCoCo-V's."""
+        return self.vision_for(geometry).encoder_token_schedule(geometry)
+
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer: FiCoCo-L's schedule on what the encoder leaves (or on
+        ``visual_tokens``, e.g. all frames of a sample)."""
+        return self.llm_for(geometry).token_schedule(geometry, visual_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

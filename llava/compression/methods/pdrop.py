@@ -147,6 +147,14 @@ class PDropConfig(LLMPruningMethod):
     def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
         return {"pdrop_lambda": self.ratio(geometry)}
 
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        layers = self.prune_layers(geometry)
+        counts = pdrop_stage_counts(n, self.ratio(geometry), len(layers))
+        return per_layer_counts(geometry.llm_layers, n, list(zip(layers, counts)))
+
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         ratio = self.ratio(step.geometry)
         query = step.last_prompt_index()[:, None]

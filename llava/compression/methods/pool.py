@@ -107,6 +107,10 @@ class PoolConfig(PreLLMMethod):
                 f"{self.visual_token_num} is not (nearest: {', '.join(map(str, sorted(near)))})"
             )
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget (an ``h x w`` grid)."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         out_grid = pool_grid(self.visual_token_num, signals.grid)
         if out_grid is None:

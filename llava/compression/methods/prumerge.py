@@ -181,6 +181,14 @@ class PruMergeConfig(PreLLMMethod):
     def _top_and_uniform(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int] | None:
+        """Visual tokens of one image entering each decoder layer: the budget (the extra token included; under
+        PruMerge+'s VTC-CLS rule the label, the real count is close to it), or ``None`` without a budget, where the
+        IQR outlier count makes it image-dependent."""
+        if self.visual_token_num is None:
+            return None
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         layer = signals.feature_layer + 1
         attn = patch_scores(signals.cls_attention_single_head(layer))  # [B, N]

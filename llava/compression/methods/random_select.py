@@ -60,6 +60,10 @@ class RandomConfig(PreLLMMethod):
     def validate(self, geometry: ModelGeometry) -> None:
         check_budget(self.visual_token_num, geometry)
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         keys = signals.image_keys or [None] * signals.batch_size
         picks = []

@@ -45,6 +45,7 @@ from llava.compression.llm.base import (
     parse_int_list,
     positions_option,
 )
+from llava.compression.llm.schedule import per_layer_counts
 from llava.compression.llm.scoring import text_raters
 from llava.compression.pre_llm import check_int
 from llava.compression.primitives import rank_indices, top_scoring
@@ -236,6 +237,23 @@ class SparseVLMConfig(LLMPruningMethod):
                 f" (the LLM has {geometry.llm_layers} layers and the last one cannot prune its output usefully)",
             )
         return check_layers("--sparsevlm-layers (+1)", tuple(k + 1 for k in self.layers), geometry)
+
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``): at each pruning layer ``min(count, current - 1)`` kept plus, with recycling, ``int(m / 10) + 1`` cluster
+        means of the top ``m = int(0.3 P) + 1`` of the ``P`` pruned tokens (see :func:`sparsevlm_recycle`)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        current, drops = n, []
+        for layer, count in zip(self.prune_layers(geometry), self.counts):
+            keep = min(count, current - 1)
+            pruned = current - keep
+            recycled = 0
+            if self.sparsevlm_recycle and pruned > 0:
+                m = min(pruned, int(pruned * 0.3) + 1)
+                recycled = min(m // 10 + 1, m)
+            current = keep + recycled
+            drops.append((layer, current))
+        return per_layer_counts(geometry.llm_layers, n, drops)
 
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         count = self.counts[step.stage]

@@ -151,6 +151,10 @@ class VisionZipConfig(PreLLMMethod):
         out.update(dominant=self.dominant, contextual=self.contextual)
         return out
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget (dominant + contextual tokens)."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         layer = signals.feature_layer
         scores = cls_patch_scores(signals, layer, "sum")  # [B, N]

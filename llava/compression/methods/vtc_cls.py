@@ -81,6 +81,10 @@ class VTCCLSConfig(PreLLMMethod):
     def probe_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return tuple(range(self.start_layer, geometry.feature_layer + 1))
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         layers = range(self.start_layer, signals.feature_layer + 1)
         per_layer = [cls_patch_scores(signals, layer, self.head_reduction) for layer in layers]
