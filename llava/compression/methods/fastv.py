@@ -8,7 +8,7 @@ pruning is decided once from the prompt ("static KV pruning", the official HF/lm
 
 Defaults ``K = 2``, ``R = 0.5`` (paper title). Layer-averaged budgets (spec Trap 1): with ``K = 2`` on 32 layers
 ``T_eq`` 192 / 128 / 64 need ``--visual-token-num`` 166 / 98 / 30
-(``llava.compression.llm.schedule.fastv_keep_for_average``).
+(:func:`fastv_keep_for_average`).
 """
 
 from __future__ import annotations

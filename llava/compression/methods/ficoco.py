@@ -33,6 +33,13 @@ instead of probabilities (without the causal mask in the LLM), both V-filter ter
 text keys, no ``1/M`` in the indirect term) and FiCoCo-L's un-normalised merge. Its bugs (scrambled token order,
 scatter into the wrong rows, a never-reset global penalty state, hard-coded 576 tokens / visual span, batch size 1)
 are not reproduced.
+
+The pure functions (Filter / Correlate / Compress) are batched over ``B`` rows that all hold the same number of
+candidate tokens, run in fp32 and know nothing about a model; they accept both attention flavours (probabilities, or
+with ``quirks=True`` head-averaged pre-softmax logits, each stage then following the released code's formula).
+Indices are ``torch.long``; sets are returned sorted ascending (sequence order) and ties always go to the lower
+index. FiCoCo-V, -L and -VL live in this one file: they are one method family sharing these functions and options,
+and FiCoCo-VL builds its two stage configs from its own fields.
 """
 
 from __future__ import annotations
