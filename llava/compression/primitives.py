@@ -17,19 +17,15 @@ methods use is here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from llava.compression.pre_llm import VisionSignals
 
 HEAD_REDUCTIONS = ("mean", "sum", "max", "min")
-LAYER_ENSEMBLES = ("mean", "sum", "max", "min")
-
-
 # -- which tokens to keep --------------------------------------------------------------------------------------------
 
 
@@ -53,47 +49,6 @@ def top_scoring(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` highest of ``[N]`` scores, ascending indices ``[k]`` (``k`` clipped to ``[0, N]``)."""
     k = max(0, min(int(k), scores.shape[-1]))
     return topk_indices(scores[None].float(), k)[0]
-
-
-def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """``x[b, indices[b]]``: ``[B, N, C]``, ``[B, k]`` -> ``[B, k, C]``."""
-    return torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def strided_indices(stop: int, stride: int) -> torch.Tensor:
-    """``0, stride, 2*stride, ... < stop`` (PruMerge+'s spatially uniform tokens). Returns ``[m]``."""
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    return torch.arange(0, stop, stride, dtype=torch.long)
-
-
-def append_unique(first: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-    """``first`` followed by the entries of ``extra`` not already in ``first`` (both ``[m]``, order kept)."""
-    seen = torch.isin(extra, first)
-    return torch.cat([first, extra[~seen]])
-
-
-def uniform_fill(n: int, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """``k`` indices spread evenly over the raster order of ``range(n)`` minus ``exclude``; ascending ``[k]``.
-
-    With ``M`` candidates (ascending) it takes candidate ``floor((i + 0.5) * M / k)`` for ``i < k``, so the picks
-    are distinct, deterministic and as evenly spaced as the candidates allow.
-    """
-    candidates = torch.arange(n, dtype=torch.long)
-    if exclude is not None and exclude.numel():
-        candidates = candidates[~torch.isin(candidates, exclude.to(torch.long).cpu())]
-    m = candidates.numel()
-    check_k(k, m)
-    if k == 0:
-        return candidates[:0]
-    pos = ((torch.arange(k, dtype=torch.float64) + 0.5) * m / k).floor().to(torch.long).clamp_(max=m - 1)
-    return candidates[pos]
-
-
-def cosine_distance(x: torch.Tensor) -> torch.Tensor:
-    """``1 - cos(x_i, x_j)`` in fp32: ``[N, C]`` -> ``[N, N]``."""
-    xn = F.normalize(x.float(), dim=-1)
-    return 1.0 - xn @ xn.T
 
 
 # -- [CLS] attention scores -------------------------------------------------------------------------------------------
@@ -155,29 +110,12 @@ def cls_attention_single_head(
 
 def reduce_heads(attn: torch.Tensor, how: str = "mean") -> torch.Tensor:
     """``[B, H, M]`` -> ``[B, M]`` by mean / sum / max / min over heads (fp32)."""
-    return _reduce(attn.float(), dim=1, how=how, choices=HEAD_REDUCTIONS)
+    return reduce_dim(attn.float(), dim=1, how=how, choices=HEAD_REDUCTIONS)
 
 
 def patch_scores(attn_row: torch.Tensor) -> torch.Tensor:
     """Drop the [CLS] column: ``[..., N+1]`` -> ``[..., N]``."""
     return attn_row[..., 1:]
-
-
-def ensemble_layers(scores: Sequence[torch.Tensor] | torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """Combine per-layer scores: ``L x [B, N]`` (or stacked ``[L, B, N]``) -> ``[B, N]`` fp32.
-
-    ``mean`` and ``sum`` rank tokens identically; ``max`` / ``min`` are VTC-CLS's alternatives.
-    """
-    stacked = scores if isinstance(scores, torch.Tensor) else torch.stack(list(scores))
-    if stacked.shape[0] == 0:
-        raise ValueError("ensemble of zero layers")
-    return _reduce(stacked.float(), dim=0, how=how, choices=LAYER_ENSEMBLES)
-
-
-def mean_over_heads_of_keys(k: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """VisionZip's similarity metric: keys averaged over heads, ``[B, M, C]`` -> ``[B, M, C/H]`` (fp32)."""
-    b, m, c = k.shape
-    return k.float().reshape(b, m, num_heads, c // num_heads).mean(dim=2)
 
 
 def cls_patch_scores(signals: VisionSignals, layer: int, head_reduction: str = "mean") -> torch.Tensor:
@@ -248,7 +186,8 @@ def proportional_attention_bias(sizes: torch.Tensor, dtype: torch.dtype) -> torc
 # -- helpers ----------------------------------------------------------------------------------------------------------
 
 
-def _reduce(x: torch.Tensor, dim: int, how: str, choices: tuple[str, ...]) -> torch.Tensor:
+def reduce_dim(x: torch.Tensor, dim: int, how: str, choices: tuple[str, ...]) -> torch.Tensor:
+    """Mean / sum / max / min of ``x`` over ``dim`` (``how`` must be one of ``choices``)."""
     if how == "mean":
         return x.mean(dim=dim)
     if how == "sum":

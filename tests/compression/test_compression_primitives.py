@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llava.compression import primitives
-from llava.compression.methods import divprune, pool, prumerge, random_select, visionzip
+from llava.compression.methods import divprune, pool, prumerge, random_select, visionzip, vtc_cls
 
 
 def test_cls_attention_hand_case():
@@ -35,12 +35,12 @@ def test_head_and_layer_reductions():
     torch.testing.assert_close(primitives.reduce_heads(attn, "max"), torch.tensor([[0.3, 0.5, 0.4]]))
     torch.testing.assert_close(primitives.patch_scores(attn), attn[..., 1:])
     layers = [torch.tensor([[1.0, 4.0]]), torch.tensor([[3.0, 2.0]])]
-    torch.testing.assert_close(primitives.ensemble_layers(layers, "mean"), torch.tensor([[2.0, 3.0]]))
-    torch.testing.assert_close(primitives.ensemble_layers(layers, "sum"), torch.tensor([[4.0, 6.0]]))
-    torch.testing.assert_close(primitives.ensemble_layers(layers, "max"), torch.tensor([[3.0, 4.0]]))
-    torch.testing.assert_close(primitives.ensemble_layers(layers, "min"), torch.tensor([[1.0, 2.0]]))
+    torch.testing.assert_close(vtc_cls.ensemble_layers(layers, "mean"), torch.tensor([[2.0, 3.0]]))
+    torch.testing.assert_close(vtc_cls.ensemble_layers(layers, "sum"), torch.tensor([[4.0, 6.0]]))
+    torch.testing.assert_close(vtc_cls.ensemble_layers(layers, "max"), torch.tensor([[3.0, 4.0]]))
+    torch.testing.assert_close(vtc_cls.ensemble_layers(layers, "min"), torch.tensor([[1.0, 2.0]]))
     with pytest.raises(ValueError):
-        primitives.ensemble_layers(layers, "median")
+        vtc_cls.ensemble_layers(layers, "median")
 
 
 def test_topk_ties_go_to_lower_index_and_result_is_ascending():
@@ -61,14 +61,14 @@ def test_iqr_outliers_hand_case():
 
 
 def test_uniform_and_strided_indices():
-    assert primitives.uniform_fill(10, 3).tolist() == [1, 5, 8]
-    assert primitives.uniform_fill(10, 3, exclude=torch.tensor([5])).tolist() == [1, 4, 8]
-    assert primitives.uniform_fill(4, 4).tolist() == [0, 1, 2, 3]
-    assert primitives.uniform_fill(4, 0).tolist() == []
-    assert primitives.strided_indices(10, 3).tolist() == [0, 3, 6, 9]
-    assert primitives.append_unique(torch.tensor([6, 2]), torch.tensor([0, 2, 4, 6])).tolist() == [6, 2, 0, 4]
+    assert prumerge.uniform_fill(10, 3).tolist() == [1, 5, 8]
+    assert prumerge.uniform_fill(10, 3, exclude=torch.tensor([5])).tolist() == [1, 4, 8]
+    assert prumerge.uniform_fill(4, 4).tolist() == [0, 1, 2, 3]
+    assert prumerge.uniform_fill(4, 0).tolist() == []
+    assert prumerge.strided_indices(10, 3).tolist() == [0, 3, 6, 9]
+    assert prumerge.append_unique(torch.tensor([6, 2]), torch.tensor([0, 2, 4, 6])).tolist() == [6, 2, 0, 4]
     with pytest.raises(ValueError):
-        primitives.strided_indices(10, 0)
+        prumerge.strided_indices(10, 0)
 
 
 def test_max_min_diversity_hand_case():

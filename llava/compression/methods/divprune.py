@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from llava.compression.pre_llm import (
     PreLLMMethod,
@@ -28,7 +29,7 @@ from llava.compression.pre_llm import (
     check_int,
     selection_reduction,
 )
-from llava.compression.primitives import check_k, cosine_distance
+from llava.compression.primitives import check_k
 from llava.compression.registry import MethodSpec, ModelGeometry, Stage, option, register
 
 SPACES = ("projected", "vision")
@@ -94,6 +95,13 @@ def max_min_diversity(distance: torch.Tensor, k: int, first_pick: str = "nearest
         taken[j] = True
         score = torch.minimum(score, d[j])
     return picks
+
+
+
+def cosine_distance(x: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(x_i, x_j)`` in fp32: ``[N, C]`` -> ``[N, N]``."""
+    xn = F.normalize(x.float(), dim=-1)
+    return 1.0 - xn @ xn.T
 
 
 

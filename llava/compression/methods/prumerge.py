@@ -44,14 +44,7 @@ from llava.compression.pre_llm import (
     check_choice,
     check_int,
 )
-from llava.compression.primitives import (
-    append_unique,
-    patch_scores,
-    rank_indices,
-    strided_indices,
-    topk_in_rank_order,
-    uniform_fill,
-)
+from llava.compression.primitives import check_k, patch_scores, rank_indices, topk_in_rank_order
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -117,6 +110,37 @@ def weighted_remainder(x: torch.Tensor, weights: torch.Tensor, kept: torch.Tenso
     drop = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     drop[kept] = False
     return (weights.float()[drop].unsqueeze(-1) * x.float()[drop]).sum(dim=0).to(x.dtype)
+
+
+
+def strided_indices(stop: int, stride: int) -> torch.Tensor:
+    """``0, stride, 2*stride, ... < stop`` (PruMerge+'s spatially uniform tokens). Returns ``[m]``."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return torch.arange(0, stop, stride, dtype=torch.long)
+
+
+def append_unique(first: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """``first`` followed by the entries of ``extra`` not already in ``first`` (both ``[m]``, order kept)."""
+    seen = torch.isin(extra, first)
+    return torch.cat([first, extra[~seen]])
+
+
+def uniform_fill(n: int, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``k`` indices spread evenly over the raster order of ``range(n)`` minus ``exclude``; ascending ``[k]``.
+
+    With ``M`` candidates (ascending) it takes candidate ``floor((i + 0.5) * M / k)`` for ``i < k``, so the picks
+    are distinct, deterministic and as evenly spaced as the candidates allow.
+    """
+    candidates = torch.arange(n, dtype=torch.long)
+    if exclude is not None and exclude.numel():
+        candidates = candidates[~torch.isin(candidates, exclude.to(torch.long).cpu())]
+    m = candidates.numel()
+    check_k(k, m)
+    if k == 0:
+        return candidates[:0]
+    pos = ((torch.arange(k, dtype=torch.float64) + 0.5) * m / k).floor().to(torch.long).clamp_(max=m - 1)
+    return candidates[pos]
 
 
 

@@ -28,7 +28,7 @@ from llava.compression.pre_llm import (
     check_feature_layer,
     check_int,
 )
-from llava.compression.primitives import cls_patch_scores, mean_over_heads_of_keys, topk_indices
+from llava.compression.primitives import cls_patch_scores, topk_indices
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -85,6 +85,13 @@ def contextual_merge(
     counts = torch.bincount(joined, minlength=num_targets).clamp_(min=1).unsqueeze(-1)
     merged = xf[targets] + sums / counts
     return merged.to(x.dtype), targets, assignment
+
+
+
+def mean_over_heads_of_keys(k: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """VisionZip's similarity metric: keys averaged over heads, ``[B, M, C]`` -> ``[B, M, C/H]`` (fp32)."""
+    b, m, c = k.shape
+    return k.float().reshape(b, m, num_heads, c // num_heads).mean(dim=2)
 
 
 

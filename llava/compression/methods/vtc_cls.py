@@ -9,8 +9,11 @@ projector. With ``start_layer = feature_layer`` (22) it keeps exactly FasterVLM'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
+
+import torch
 
 from llava.compression.pre_llm import (
     PreLLMMethod,
@@ -24,9 +27,8 @@ from llava.compression.pre_llm import (
 )
 from llava.compression.primitives import (
     HEAD_REDUCTIONS,
-    LAYER_ENSEMBLES,
     cls_patch_scores,
-    ensemble_layers,
+    reduce_dim,
     topk_indices,
 )
 from llava.compression.registry import (
@@ -39,6 +41,27 @@ from llava.compression.registry import (
 )
 
 BUDGET_HELP = "visual tokens per image given to the LLM"
+
+
+# -- algorithm (pure functions) -----------------------------------------------------------------------------------
+
+
+LAYER_ENSEMBLES = ("mean", "sum", "max", "min")
+
+
+def ensemble_layers(scores: Sequence[torch.Tensor] | torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Combine per-layer scores: ``L x [B, N]`` (or stacked ``[L, B, N]``) -> ``[B, N]`` fp32.
+
+    ``mean`` and ``sum`` rank tokens identically; ``max`` / ``min`` are VTC-CLS's alternatives.
+    """
+    stacked = scores if isinstance(scores, torch.Tensor) else torch.stack(list(scores))
+    if stacked.shape[0] == 0:
+        raise ValueError("ensemble of zero layers")
+    return reduce_dim(stacked.float(), dim=0, how=how, choices=LAYER_ENSEMBLES)
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
