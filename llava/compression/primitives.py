@@ -1,5 +1,6 @@
-"""Primitives several methods share (pure tensor functions): deterministic top-k, [CLS] attention from a layer's own
-queries and keys, index helpers, cosine distances, the merge-count schedule and proportional attention.
+"""Primitives several methods share (pure tensor functions): top-k with deterministic ties, [CLS] attention from a
+layer's own queries and keys, the per-layer merge-count schedule (ToMe, FiCoCo) and proportional attention for
+size-carrying merged tokens (the in-encoder family applies it for ToMe).
 
 Conventions: scores are ``[B, N]`` (higher = more important) and converted to fp32; ties are always broken towards
 the lower token index; functions that return a *set* return it sorted ascending (original raster order), functions
@@ -11,8 +12,9 @@ encoder keeps whatever attention backend it was loaded with (SDPA, FlashAttentio
 exactly what the attention layer itself uses; ``B`` images, ``N`` patches, ``N + 1`` tokens with the [CLS] first,
 width ``C``, ``H`` heads.
 
-A method's own algorithm lives beside its config in ``llava.compression.methods.<method>``; only what two or more
-methods use is here.
+A method's own algorithm (its scoring, selection and merging, e.g. ToMe's size-weighted merge or FiCoCo's compress)
+lives beside its config in ``llava.compression.methods.<method>``; only what two or more methods (or a method and a
+family) use is here.
 """
 
 from __future__ import annotations
