@@ -35,10 +35,11 @@ LLM-Viewer reports and what FiCoCo / FastV-style tables quote. With ``D = 4096, 
 
 KV cache: ``sum_l 2 n_l D_kv`` values (keys and values of every layer's cached tokens) at ``bytes_per_value``.
 
-Adding a method: write a counter ``fn(config, geometry, ctx) -> TokenCounts`` and decorate it with
-``@register_counter("name")``. Without one, a ``Stage.VISION_ENCODER`` method is counted from its ``schedule()``,
-a ``Stage.PRE_LLM`` method from its ``visual_token_num`` and a ``Stage.LLM`` method from ``visual_token_num`` kept
-from its first pruning layer, each with zero overhead and a note saying so.
+Token counts come from the method itself: every config's ``token_schedule(geometry)`` (visual tokens entering each
+decoder layer; in-encoder methods also ``encoder_token_schedule(geometry)``), the same schedule the engine's traces
+follow. A counter only adds the method's own overhead FLOPs. Adding a method: write a counter
+``fn(config, geometry, ctx) -> TokenCounts`` and decorate it with ``@register_counter("name")``; without one the
+method is counted from its ``token_schedule`` with zero overhead and a note saying so.
 """
 
 from __future__ import annotations
@@ -188,7 +189,10 @@ def cls_row_flops(g: BenchGeometry) -> float:
 
 
 def _per_image_budget(config: MethodConfig, g: BenchGeometry, ctx: CountContext) -> int:
-    t = getattr(config, "visual_token_num", None)
+    """Visual tokens one image gives the LLM: the method's own :meth:`token_schedule`, or the observed count when
+    the method's count is image-dependent (``None``) or only steered by its budget (``budget_is_approximate``)."""
+    schedule = config.token_schedule(g.compression_geometry())
+    t = schedule[0] if schedule else None
     if t is not None and getattr(config, "budget_is_approximate", False) and ctx.observed_visual_tokens is not None:
         t = None  # the budget only steers the count (PruMerge+'s VTC-CLS rule): count what the run gave the LLM
     if t is None:
@@ -225,7 +229,7 @@ def _fastervlm(config, g, ctx):
 
 @register_counter("vtc-cls")
 def _vtc_cls(config, g, ctx):
-    layers = g.feature_layer - config.start_layer + 1
+    layers = len(config.probe_layers(g.compression_geometry()))
     return _pre_llm(config, g, ctx, layers * cls_row_flops(g))
 
 
@@ -276,24 +280,13 @@ def _divprune(config, g, ctx):
 # -- in-encoder merging ----------------------------------------------------------------------------------------------
 
 
-def encoder_counts_from_schedule(g: BenchGeometry, schedule: dict[int, int]) -> list[tuple[int, int]]:
-    """``{layer: merges}`` (merge between attention and MLP) -> per-layer ``(attention, MLP)`` token counts."""
-    n, out = g.vision_tokens, []
-    for layer in range(g.vision_layers):
-        r = int(schedule.get(layer, 0))
-        out.append((n, n - r))
-        n -= r
-    return out
-
-
 def _vision_encoder(config, g, ctx, overhead_fn: Callable[[int, int], float] | None, notes=()):
-    schedule = config.schedule(g.compression_geometry())
-    encoder = encoder_counts_from_schedule(g, schedule)
-    layer_of_feature = g.feature_layer
-    k = encoder[layer_of_feature][1] - 1  # patches out of the feature layer ([CLS] dropped)
+    geometry = g.compression_geometry()
+    encoder = config.encoder_token_schedule(geometry)  # per layer (attention, MLP) tokens, [CLS] included
+    k = config.token_schedule(geometry)[0]  # patches out of the feature layer ([CLS] dropped)
     per_image = 0.0
     if overhead_fn is not None:
-        per_image = sum(overhead_fn(encoder[layer][0], r) for layer, r in schedule.items() if r)
+        per_image = sum(overhead_fn(a, a - m) for a, m in encoder if a > m)
     n = g.images_per_sample
     return _counts(
         config,
@@ -332,14 +325,6 @@ def llm_geometry(g: BenchGeometry) -> ModelGeometry:
     return dataclasses.replace(g.compression_geometry(), num_patches=g.visual_tokens)
 
 
-def per_layer_counts(num_layers: int, initial: int, schedule: Sequence[tuple[int, int]]) -> list[int]:
-    counts = [initial] * num_layers
-    for k, n in schedule:
-        for layer in range(k, num_layers):
-            counts[layer] = n
-    return counts
-
-
 def _row_flops(g: BenchGeometry, queries: int, keys: int, recompute_keys: bool) -> float:
     """Attention rows of ``queries`` tokens against ``keys`` tokens from a layer's own q (and k) projections."""
     f = 2.0 * queries * g.llm_hidden * g.llm_hidden + 2.0 * queries * keys * g.llm_hidden
@@ -350,13 +335,8 @@ def _row_flops(g: BenchGeometry, queries: int, keys: int, recompute_keys: bool) 
 
 @register_counter("fastv")
 def _fastv(config, g, ctx):
-    from llava.compression.llm.selection import fastv_keep_count
-
-    geo = llm_geometry(g)
-    (k_layer,) = config.prune_layers(geo)
     n = g.visual_tokens
-    keep = fastv_keep_count(n, config.ratio, config.visual_token_num)
-    per_layer = per_layer_counts(g.llm_layers, n, [(k_layer, keep)])
+    per_layer = config.token_schedule(llm_geometry(g))
     # layer K-1's keys come from the cache; one query row
     overhead = _row_flops(g, 1, n + ctx.text_tokens, recompute_keys=False)
     return _counts(config, g, projector_tokens=n, llm=llm_from_per_layer(per_layer), overhead_flops=overhead)
@@ -364,14 +344,10 @@ def _fastv(config, g, ctx):
 
 @register_counter("pdrop")
 def _pdrop(config, g, ctx):
-    from llava.compression.llm.schedule import pdrop_stage_counts
-
     geo = llm_geometry(g)
     layers = config.prune_layers(geo)
     n = g.visual_tokens
-    ratio = config.ratio(geo)
-    counts = pdrop_stage_counts(n, ratio, len(layers))
-    per_layer = per_layer_counts(g.llm_layers, n, list(zip(layers, counts)))
+    per_layer = config.token_schedule(geo)
     # at every boundary: the next layer's keys are recomputed (not cached yet) + the last token's query row
     overhead = sum(
         _row_flops(g, 1, per_layer[k - 1] + ctx.text_tokens, recompute_keys=True) for k in layers
@@ -379,39 +355,21 @@ def _pdrop(config, g, ctx):
     return _counts(config, g, projector_tokens=n, llm=llm_from_per_layer(per_layer), overhead_flops=overhead)
 
 
-def sparsevlm_schedule(config, n: int, engine_layers: Sequence[int]) -> list[tuple[int, int, int]]:
-    """``(engine layer, kept, recycled)`` per pruning step, as the method's ``select`` and ``sparsevlm_recycle``
-    produce them for ``n`` visual tokens (kept = ``min(count, current - 1)``; recycled = ``int(m / 10) + 1``
-    cluster means of the top ``m = int(0.3 P) + 1`` of the ``P`` pruned tokens)."""
-    cur, out = n, []
-    for layer, count in zip(engine_layers, config.counts):
-        keep = min(count, cur - 1)
-        pruned = cur - keep
-        recycled = 0
-        if config.sparsevlm_recycle and pruned > 0:
-            m = min(pruned, int(pruned * 0.3) + 1)
-            recycled = min(m // 10 + 1, m)
-        out.append((layer, keep, recycled))
-        cur = keep + recycled
-    return out
-
-
 @register_counter("sparsevlm")
 def _sparsevlm(config, g, ctx):
     geo = llm_geometry(g)
-    layers = config.prune_layers(geo)
     n = g.visual_tokens
-    steps = sparsevlm_schedule(config, n, layers)
-    per_layer = per_layer_counts(g.llm_layers, n, [(k, keep + rec) for k, keep, rec in steps])
+    per_layer = config.token_schedule(geo)
     text_after = ctx.text_after_image
     raters = max(1, text_after // 2)  # text tokens above the mean relevance: about half (estimate)
-    overhead, cur = 0.0, n
-    for k, keep, _rec in steps:
+    overhead = 0.0
+    for k, count in zip(config.prune_layers(geo), config.counts):
+        cur = per_layer[k - 1]
+        pruned = cur - min(count, cur - 1)
         overhead += 2.0 * cur * text_after * g.llm_hidden  # raters: V T^T on the input embeddings, every step
         overhead += _row_flops(g, raters, cur + ctx.text_tokens, recompute_keys=False)
-        m = min(cur - keep, int((cur - keep) * 0.3) + 1)
+        m = min(pruned, int(pruned * 0.3) + 1)
         overhead += 2.0 * m * m * g.llm_hidden  # DPC-kNN distances of the recycled candidates
-        cur = per_layer[k]
     return _counts(
         config,
         g,
@@ -424,11 +382,8 @@ def _sparsevlm(config, g, ctx):
 
 @register_counter("dart")
 def _dart(config, g, ctx):
-    geo = llm_geometry(g)
-    (k_layer,) = config.prune_layers(geo)
     n = g.visual_tokens
-    keep = min(n, config.kept_count())
-    per_layer = per_layer_counts(g.llm_layers, n, [(k_layer, keep)])
+    per_layer = config.token_schedule(llm_geometry(g))
     pivots = config.dart_pivot_image + config.dart_pivot_text
     # keys from the cache; final norm of the visual + text tokens is elementwise; pivot cosines
     overhead = 2.0 * pivots * n * g.llm_hidden
@@ -452,19 +407,16 @@ def ficoco_l_step_flops(g: BenchGeometry, visual: int, text: int, text_after: in
     )
 
 
-def _ficoco_llm(lcfg, g: BenchGeometry, ctx: CountContext, n0: int) -> tuple[list[int], float]:
-    """Per-layer visual counts and overhead of a ``ficoco-l`` config whose LLM input has ``n0`` visual tokens."""
-    layers = lcfg.prune_layers(llm_geometry(g))
-    merges = lcfg.per_layer(n0, len(layers))
-    cur, schedule, overhead = n0, [], 0.0
-    for k, r in zip(layers, merges):
-        r = min(r, cur - 1)
-        if r <= 0:
-            continue
-        overhead += ficoco_l_step_flops(g, cur, ctx.text_tokens, ctx.text_after_image, r)
-        cur -= r
-        schedule.append((k, cur))
-    return per_layer_counts(g.llm_layers, n0, schedule), overhead
+def _ficoco_llm(config, g: BenchGeometry, ctx: CountContext, n0: int) -> tuple[list[int], float]:
+    """Per-layer visual counts and overhead of a ``ficoco-l`` / ``ficoco-vl`` config whose LLM input has ``n0``
+    visual tokens (the method's :meth:`token_schedule`; every drop between two layers is one merge step)."""
+    per_layer = config.token_schedule(llm_geometry(g), n0)
+    overhead = sum(
+        ficoco_l_step_flops(g, before, ctx.text_tokens, ctx.text_after_image, before - after)
+        for before, after in zip(per_layer, per_layer[1:])
+        if after < before
+    )
+    return per_layer, overhead
 
 
 @register_counter("ficoco-v")
@@ -481,10 +433,8 @@ def _ficoco_l(config, g, ctx):
 
 @register_counter("ficoco-vl")
 def _ficoco_vl(config, g, ctx):
-    geo = g.compression_geometry()
-    counts = _ficoco_v(config.vision_for(geo), g, ctx)
-    counts.method = config.name
-    per_layer, overhead = _ficoco_llm(config.llm_for(geo), g, ctx, counts.visual_tokens)
+    counts = _vision_encoder(config, g, ctx, lambda a, r: ficoco_v_layer_flops(g, a, r))
+    per_layer, overhead = _ficoco_llm(config, g, ctx, counts.visual_tokens)
     counts.llm = llm_from_per_layer(per_layer)
     counts.overhead_flops += overhead
     return counts
@@ -496,17 +446,15 @@ def _ficoco_vl(config, g, ctx):
 def _fallback(config: MethodConfig, g: BenchGeometry, ctx: CountContext) -> TokenCounts:
     stages = get_method(config.name).stages
     note = f"{config.name}: no token counter registered; counted from its config with zero overhead"
-    if Stage.VISION_ENCODER in stages and hasattr(config, "schedule") and Stage.LLM not in stages:
+    has_schedule = hasattr(config, "token_schedule")
+    if has_schedule and stages == (Stage.VISION_ENCODER,):
         return _vision_encoder(config, g, ctx, None, notes=[note])
-    if stages == (Stage.PRE_LLM,) and hasattr(config, "visual_token_num"):
+    if has_schedule and stages == (Stage.PRE_LLM,):
         return _pre_llm(config, g, ctx, 0.0, notes=[note])
-    if stages == (Stage.LLM,) and getattr(config, "visual_token_num", None) is not None:
-        layers = config.prune_layers(llm_geometry(g))
+    if has_schedule and stages == (Stage.LLM,):
         n = g.visual_tokens
-        per_layer = per_layer_counts(g.llm_layers, n, [(layers[0], min(n, config.visual_token_num))])
-        return _counts(
-            config, g, projector_tokens=n, llm=llm_from_per_layer(per_layer), notes=[note]
-        )
+        per_layer = config.token_schedule(llm_geometry(g))
+        return _counts(config, g, projector_tokens=n, llm=llm_from_per_layer(per_layer), notes=[note])
     raise FlopsError(
         f"no token counter for method {config.name!r}; register one with @llava.bench.flops.register_counter"
     )
@@ -816,7 +764,7 @@ def budget_args(
                 continue
             args[name] = _scale_layers(args.get(name, fields[name]), reference_layers, llm_layers, output_side)
         if spec.name == "sparsevlm":
-            from llava.compression.llm.schedule import SPARSEVLM_V15_COUNTS
+            from llava.compression.methods.sparsevlm import SPARSEVLM_V15_COUNTS
 
             preset = SPARSEVLM_V15_COUNTS.get(budget)
             if preset is not None:

@@ -18,9 +18,8 @@ Measured in ``--repeats`` rounds after one warm-up round; each round runs every 
 The engine's own work is also measured directly: the time inside its prefill steps (scoring, selection, gathers,
 mask/RoPE rebuild, trace) from a ``cProfile`` of one forward, as a share of the unmodified prefill.
 
-FLOPs-ideal speedup: ratio of decoder matmul FLOPs, per layer ``2 n (2 D^2 + 2 D D_kv) + 4 n^2 D + 6 n D H``
-(``n`` tokens in the layer, the decoder-only convention of ``llava.bench.flops``), LM head and method overhead
-excluded. "of ideal" = measured speedup / ideal speedup.
+FLOPs-ideal speedup: ratio of decoder matmul FLOPs (``llava.bench.flops.llm_flops`` on FastV's own
+``token_schedule``), LM head and method overhead excluded. "of ideal" = measured speedup / ideal speedup.
 """
 
 from __future__ import annotations
@@ -34,6 +33,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+from llava.bench import flops
+from llava.bench.geometries import BenchGeometry, get_geometry
 
 TEXT_BEFORE, VISUAL, TEXT_AFTER = 35, 576, 12
 HIDDEN, HEADS, INTERMEDIATE, VOCAB = 4096, 32, 11008, 32064
@@ -82,15 +84,26 @@ def make_prompt(dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, Any]]:
     return ids, {"image": BaseModelOutputWithPooling(pooler_output=[feats])}
 
 
-def layer_flops(n: int, d: int = HIDDEN, d_kv: int = HIDDEN, h: int = INTERMEDIATE) -> float:
-    return 2.0 * n * (2 * d * d + 2 * d * d_kv) + 4.0 * n * n * d + 6.0 * n * d * h
+def bench_geometry(layers: int) -> BenchGeometry:
+    """The FLOPs geometry of the model :func:`build_model` makes (LLaVA-1.5-7B's decoder with ``layers`` layers)."""
+    return get_geometry("llava-1.5-7b").replace(
+        llm_layers=layers,
+        llm_hidden=HIDDEN,
+        llm_intermediate=INTERMEDIATE,
+        llm_heads=HEADS,
+        llm_kv_heads=HEADS,
+        vocab_size=VOCAB,
+    )
 
 
-def ideal_speedup(layers: int, k: int, kept: int) -> float:
+def ideal_speedup(layers: int, method_args: dict[str, Any]) -> float:
+    """Decoder FLOPs of the unmodified prompt over those of FastV with ``method_args`` (its own token schedule),
+    by :func:`llava.bench.flops.llm_flops`."""
+    g = bench_geometry(layers)
     text = TEXT_BEFORE + TEXT_AFTER
-    full = layers * layer_flops(text + VISUAL)
-    pruned = k * layer_flops(text + VISUAL) + (layers - k) * layer_flops(text + kept)
-    return full / pruned
+    full = flops.token_counts("none", g, text_tokens=text)
+    pruned = flops.token_counts("fastv", g, method_args, text_tokens=text)
+    return flops.llm_flops(g, full, text) / flops.llm_flops(g, pruned, text)
 
 
 def time_prefill(model, ids: torch.Tensor, mm: dict[str, Any]) -> float:
@@ -164,7 +177,7 @@ def run(
         ts = times[name]
         # paired: the variant against the unmodified run of the same round (adjacent in time), median over rounds
         paired = statistics.median(b / t for b, t in zip(base, ts))
-        ideal = 1.0 if kwargs is None or kept == VISUAL else ideal_speedup(layers, k, kept)
+        ideal = 1.0 if kwargs is None or kept == VISUAL else ideal_speedup(layers, kwargs)
         rows.append(
             {
                 "variant": name,

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from llava.compression import scoring
+from llava.compression import primitives
 from llava.compression.registry import CompressionConfigError, MethodConfig, ModelGeometry
 
 
@@ -64,12 +64,12 @@ class VisionSignals:
     def cls_attention(self, layer: int) -> torch.Tensor:
         """``[B, H, 1+N]`` fp32 per-head [CLS] attention of ``layer`` (row 0 of its attention weights)."""
         self._require(layer)
-        return scoring.cls_attention(self.queries[layer], self.keys[layer], self.num_heads)
+        return primitives.cls_attention(self.queries[layer], self.keys[layer], self.num_heads)
 
     def cls_attention_single_head(self, layer: int) -> torch.Tensor:
         """``[B, 1+N]`` fp32 full-width single-head [CLS] attention of ``layer`` (PruMerge)."""
         self._require(layer)
-        return scoring.cls_attention_single_head(self.queries[layer], self.keys[layer])
+        return primitives.cls_attention_single_head(self.queries[layer], self.keys[layer])
 
     def _require(self, layer: int) -> None:
         if layer not in self.keys or layer not in self.queries:

@@ -146,6 +146,23 @@ class VisionEncoderMethod(MethodConfig):
         """``{encoder layer: merges}`` (0-based layers, at most the feature layer); validated by :meth:`validate`."""
         raise NotImplementedError
 
+    def encoder_token_schedule(self, geometry: ModelGeometry) -> list[tuple[int, int]]:
+        """Per encoder layer of one image, ``(tokens entering the attention, tokens entering the MLP)``, the [CLS]
+        included: merges happen between a layer's attention and its MLP (from :meth:`schedule`)."""
+        merges = self.schedule(geometry)
+        tokens, out = geometry.num_patches + 1, []
+        for layer in range(geometry.vision_layers):
+            r = int(merges.get(layer, 0))
+            out.append((tokens, tokens - r))
+            tokens -= r
+        return out
+
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the patches out of the feature layer."""
+        merges = self.schedule(geometry)
+        patches = geometry.num_patches - sum(r for layer, r in merges.items() if layer <= geometry.feature_layer)
+        return [patches] * geometry.llm_layers
+
     def merge(
         self, x: torch.Tensor, attention: LayerAttention, tokens: EncoderTokens, r: int
     ) -> torch.Tensor:

@@ -205,3 +205,61 @@ def test_in_llm_budget_zero_is_refused_on_direct_construction_too():
     for cls in (FastVConfig, DARTConfig):
         with pytest.raises(CompressionConfigError):
             cls(visual_token_num=0)
+
+
+# -- configs hold their arguments only; one file per method ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in available_methods() if n != "none"])
+def test_configs_hold_their_fields_only_before_and_after_validate(name):
+    """No cached private state: what a config derives from a geometry is computed from it when needed."""
+    import dataclasses
+
+    config = make_config(name, None)
+    fields = {f.name for f in dataclasses.fields(config)}
+    assert set(vars(config)) == fields
+    before = dict(vars(config))
+    config.validate(LLAVA)
+    assert vars(config) == before
+
+
+def test_no_method_module_imports_another():
+    import ast
+    import pathlib
+
+    import llava.compression.methods as methods
+
+    folder = pathlib.Path(methods.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    for path in folder.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = {node.module.rsplit(".", 1)[-1]} | {a.name for a in node.names}
+                if node.module.startswith("llava.compression.methods") or node.module == "llava.compression":
+                    assert not (imported & modules), f"{path.name} imports {node.module} {sorted(imported)}"
+
+
+def test_ficoco_vl_stage_configs_carry_its_values():
+    """FiCoCo-VL composes FiCoCo-V and FiCoCo-L: every option they share is declared once and carried over."""
+    import dataclasses
+
+    from llava.compression.methods.ficoco import FiCoCoVLConfig
+
+    vl = FiCoCoVLConfig(
+        visual_token_num=40, ficoco_lambda=0.2, ficoco_beta=0.3, ficoco_gamma=0.7, ficoco_quantile=0.9,
+        ficoco_local_penalty=False, ficoco_redundancy="sent", ficoco_size_weighted=True, llm_positions="compact",
+        ficoco_vision_start_layer=5, ficoco_llm_start_layer=3,
+    )
+    vision, llm = vl.vision_for(LLAVA), vl.llm_for(LLAVA)
+    own = {f.name: f for f in dataclasses.fields(FiCoCoVLConfig)}
+    for stage_config in (vision, llm):
+        for f in dataclasses.fields(stage_config):
+            if f.name in own and f.name not in ("visual_token_num", "ficoco_start_layer"):
+                assert getattr(stage_config, f.name) == getattr(vl, f.name), f.name
+                assert own[f.name].metadata == f.metadata and own[f.name].default == f.default, f.name
+    assert (vision.ficoco_start_layer, llm.ficoco_start_layer) == (5, 3)
+    assert llm.input_tokens == vision.final_count(LLAVA) == (576 + 40 + 1) // 2
+    assert vl.token_schedule(LLAVA) == llm.token_schedule(LLAVA)
+    assert vl.encoder_token_schedule(LLAVA) == vision.encoder_token_schedule(LLAVA)

@@ -395,7 +395,7 @@ def upstream_divprune_picks(distances, k):
 
 @pytest.mark.parametrize("space", ["vision", "projected"])
 def test_divprune_fp16_matches_upstreams_half_precision_loop(space):
-    from llava.compression.selection import cosine_distance_fp16
+    from llava.compression.methods.divprune import cosine_distance_fp16
 
     sig = random_signals(seed=8)
     cfg = make_config("divprune", GEOMETRY, visual_token_num=10, divprune_space=space, divprune_precision="fp16")

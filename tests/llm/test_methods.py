@@ -8,22 +8,18 @@ import pytest
 import torch
 
 from llava.compression.llm.base import PruneStep
-from llava.compression.llm.schedule import (
-    average_tokens,
-    fastv_keep_for_average,
-    pdrop_average,
-    pdrop_stage_counts,
-    per_layer_counts,
-    solve_pdrop_ratio,
-)
+from llava.compression.llm.schedule import average_tokens, per_layer_counts
 from llava.compression.llm.scoring import attention_rows, causal_allowed, key_l1_norm, text_raters
-from llava.compression.llm.selection import (
-    dart_select,
+from llava.compression.methods.dart import dart_pivot_order, dart_select
+from llava.compression.methods.fastv import fastv_keep_count, fastv_keep_for_average
+from llava.compression.methods.pdrop import pdrop_average, pdrop_stage_counts, solve_pdrop_ratio
+from llava.compression.methods.sparsevlm import (
+    dpc_knn_log_density,
     dpc_knn_merge,
-    fastv_keep_count,
+    pairwise_distances,
     sparsevlm_recycle,
-    top_scoring,
 )
+from llava.compression.primitives import top_scoring
 from llava.compression.registry import (
     CompressionConfigError,
     ModelGeometry,
@@ -41,7 +37,7 @@ class StubStep(PruneStep):
 
     def __init__(self, layer, stage, visual, rows, hidden=None, keys=None, inputs_embeds=None):
         b, t = visual.shape
-        self.layer, self.stage = layer, stage
+        self.layer, self.stage, self.geometry = layer, stage, TINY
         self.visual = visual
         self.valid = torch.ones(b, t, dtype=torch.bool)
         self.prompt = self.valid
@@ -133,7 +129,6 @@ def _exact_dpc_centres(x: torch.Tensor, c: int) -> tuple[list[int], torch.Tensor
 
 @pytest.mark.parametrize("scale", [1e-4, 1e-2, 30.0])
 def test_dpc_knn_densities_neither_round_nor_underflow(scale):
-    from llava.compression.llm.selection import dpc_knn_log_density, pairwise_distances
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(24, 64, generator=g) * scale
@@ -210,7 +205,6 @@ DART_HAND = dict(
 
 
 def test_dart_pivot_order_is_cpython_set_order_of_the_sequence_positions():
-    from llava.compression.llm.selection import dart_pivot_order
 
     assert dart_pivot_order([9, 10], [16], "set") == [16, 9, 10]  # slots 16 % 8 = 0, 1, 2
     assert dart_pivot_order([9, 10], [16], "ascending") == [9, 10, 16]

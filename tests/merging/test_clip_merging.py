@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import llava.compression as vtc
-from llava.compression import ficoco
+from llava.compression import primitives
 from llava.compression.methods.ficoco import FiCoCoVConfig
 from llava.compression.methods.tome import ToMeConfig
 from llava.compression.registry import CompressionConfigError
@@ -210,4 +210,24 @@ def test_default_budget_and_geometry_of_llava_1_5():
     assert vtc.make_config("ficoco-v", g, ficoco_r=42).final_count(g) == 576 - 11 * 42  # the released r
     t = vtc.make_config("tome", g, visual_token_num=192)
     assert sum(t.per_layer(g)) == 384 and len(t.per_layer(g)) == 23
-    assert ficoco.merge_schedule(576, 23, target=192) == t.per_layer(g)
+    assert primitives.merge_schedule(576, 23, target=192) == t.per_layer(g)
+
+
+@pytest.mark.parametrize("key", ["tome", "ficoco-v"])
+@pytest.mark.parametrize("args", [{"visual_token_num": 16}, {"visual_token_num": 40}, {"ficoco_r": 3, "tome_r": 3}])
+def test_traced_encoder_counts_equal_the_token_schedule(model, pixels, key, args):
+    """The in-encoder methods' ``encoder_token_schedule`` / ``token_schedule`` (what llava.bench.flops counts) are
+    what the encoder really does, layer by layer."""
+    own = {k: v for k, v in args.items() if not k.startswith("ficoco_" if key == "tome" else "tome_")}
+    _apply(model, key, **own)
+    out = features(model, pixels)
+    geometry = vtc.model_geometry(model)
+    config = vtc.applied_config(model)
+    schedule = config.encoder_token_schedule(geometry)  # (attention, MLP) tokens per layer, [CLS] included
+    assert len(schedule) == geometry.vision_layers and schedule[0][0] == NUM_PATCHES + 1
+    merging = [layer for layer, (a, m) in enumerate(schedule) if m < a]
+    assert merging  # the case really merges
+    for trace in out.compression_trace:
+        assert trace["vision_merge_layers"] == merging
+        assert trace["vision_tokens_per_layer"] == [schedule[layer][1] - 1 for layer in merging]
+        assert [trace["visual_tokens"]] * geometry.llm_layers == config.token_schedule(geometry)

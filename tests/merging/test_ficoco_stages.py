@@ -9,7 +9,8 @@ import torch
 from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPAttention, eager_attention_forward
 
-from llava.compression import ficoco, tome
+from llava.compression import primitives
+from llava.compression.methods import ficoco, tome
 
 T = torch.tensor
 
@@ -202,21 +203,21 @@ def test_size_weighted_compress_conserves_mass():
 def test_merge_schedule_reaches_every_target_exactly():
     for n, layers in itertools.product((10, 64, 576), (1, 3, 11, 23)):
         for target in sorted({1, 2, n // 3, n // 2, n - 1, n}):
-            s = ficoco.merge_schedule(n, layers, target=target)
+            s = primitives.merge_schedule(n, layers, target=target)
             assert n - sum(s) == target and len(s) == layers and max(s) - min(s) <= 1
             assert s == sorted(s, reverse=True)  # earlier layers take the remainder
     cap = lambda n: tome.max_merges(n + 1, protected=1)  # noqa: E731 - ToMe halves at most
     for target in (1, 7, 64, 128, 192, 575):
-        s = ficoco.merge_schedule(576, 23, target=target, cap=cap)
+        s = primitives.merge_schedule(576, 23, target=target, cap=cap)
         assert 576 - sum(s) == target
         n = 576
         for step in s:
             assert step <= cap(n)
             n -= step
-    assert ficoco.merge_schedule(576, 11, r=42) == [42] * 11  # the released r: 576 - 11 * 42 = 114
-    assert ficoco.merge_schedule(576, 11, target=64, r=50) == [50] * 10 + [12]
-    assert ficoco.merge_schedule(576, 11, target=64) == [47] * 6 + [46] * 5
+    assert primitives.merge_schedule(576, 11, r=42) == [42] * 11  # the released r: 576 - 11 * 42 = 114
+    assert primitives.merge_schedule(576, 11, target=64, r=50) == [50] * 10 + [12]
+    assert primitives.merge_schedule(576, 11, target=64) == [47] * 6 + [46] * 5
     with pytest.raises(ValueError):
-        ficoco.merge_schedule(576, 11, target=64, r=40)  # 440 < 512 merges
+        primitives.merge_schedule(576, 11, target=64, r=40)  # 440 < 512 merges
     with pytest.raises(ValueError):
-        ficoco.merge_schedule(576, 3, target=1, cap=cap)
+        primitives.merge_schedule(576, 3, target=1, cap=cap)

@@ -9,8 +9,8 @@ import torch
 from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
-from llava.compression import tome
 from llava.compression.families.clip_merging import _merging_layer_forward
+from llava.compression.methods import tome
 from llava.compression.vision_encoder import EncoderTokens, VisionEncoderMethod
 
 T = torch.tensor

@@ -52,6 +52,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from llava.compression.families.llava import QKProbe, pixel_key
 from llava.compression.methods.fastervlm import FasterVLMConfig, cls_patch_scores
 from llava.compression.pre_llm import PreLLMMethod, VisionSignals
+from llava.compression.primitives import topk_indices
 from llava.compression.registry import (
     CompressionConfigError,
     MethodConfig,
@@ -62,7 +63,6 @@ from llava.compression.registry import (
     get_method,
     make_config,
 )
-from llava.compression.selection import topk_indices
 
 BUDGET_MODES = ("per-frame", "global")
 STATE_ATTR = "_vtc_video_compression_state"

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from llava.compression.families import llava as llava_integration
+from llava.compression.primitives import proportional_attention_bias
 from llava.compression.registry import CompressionConfigError, MethodConfig, MethodSpec, ModelGeometry
-from llava.compression.tome import proportional_attention_bias
 from llava.compression.vision_encoder import EncoderTokens, LayerAttention, VisionEncoderMethod
 
 

@@ -534,6 +534,7 @@ class _Step(PruneStep):
         captured_queries: torch.Tensor | None = None,
     ):
         self.run, self.layer, self.stage = run, layer, stage
+        self.geometry = run.state.geometry
         self._captured_queries = captured_queries  # [B, T, H*d] layer K-1's q_proj output, pre-RoPE
         self.hidden, self.prev_hidden = hidden, prev_hidden
         cos, sin = view.position_embeddings  # what layer K-1 received, for the current tokens

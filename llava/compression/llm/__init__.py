@@ -1,10 +1,12 @@
-"""In-LLM visual token pruning: the method contract and pure scoring / selection / schedule functions.
+"""In-LLM visual token pruning: the method contract, engine-side scoring and schedules.
 
 * :mod:`.base`      - :class:`LLMPruningMethod` (config base class), :class:`PruneStep` (what the engine offers a
   method before a pruning layer), :class:`RowSelection` (what a method returns per batch row), validation helpers;
 * :mod:`.scoring`   - attention rows from a layer's own q/k, SparseVLM text raters, DART key norms;
-* :mod:`.selection` - FastV/PyramidDrop top-k, DART pivots, SparseVLM DPC-kNN recycling;
-* :mod:`.schedule`  - per-layer token accounting and solvers from a target budget.
+* :mod:`.schedule`  - per-layer token accounting (``n_l`` per decoder layer, the layer average).
+
+Each method's own selection rule (FastV / PyramidDrop top-k, DART pivots, SparseVLM DPC-kNN recycling, FiCoCo-L)
+lives beside its config in ``llava.compression.methods.<method>``; shared top-k in ``llava.compression.primitives``.
 
 The engine that runs them on a model lives in ``llava.compression.families.decoder_pruning``.
 """

@@ -60,6 +60,7 @@ class PruneStep:
     Attributes:
         layer: the layer about to run on the pruned sequence (``K``).
         stage: index of ``layer`` in the method's schedule.
+        geometry: the geometry the config was validated against (a method derives its schedule from it).
         hidden: ``[B, T, D]`` hidden states entering layer ``K`` (= output of layer ``K-1``).
         visual: ``[B, T]`` bool, current visual tokens (merged ones included).
         valid: ``[B, T]`` bool, attended tokens (not padding / filler).
@@ -71,6 +72,7 @@ class PruneStep:
 
     layer: int
     stage: int
+    geometry: ModelGeometry
     hidden: torch.Tensor
     visual: torch.Tensor
     valid: torch.Tensor

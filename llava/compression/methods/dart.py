@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from llava.compression.llm.base import (
     LLMPruningMethod,
@@ -33,9 +34,10 @@ from llava.compression.llm.base import (
     check_positions,
     positions_option,
 )
+from llava.compression.llm.schedule import per_layer_counts
 from llava.compression.llm.scoring import key_l1_norm
-from llava.compression.llm.selection import DART_PIVOT_ORDERS, dart_select
 from llava.compression.pre_llm import check_choice, check_int
+from llava.compression.primitives import rank_indices
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -44,6 +46,92 @@ from llava.compression.registry import (
     option,
     register,
 )
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+DART_PIVOT_ORDERS = ("set", "ascending")
+
+
+def dart_pivot_order(image_pivots: list[int], text_pivots: list[int], order: str) -> list[int]:
+    """The order in which DART's pivots claim tokens, as sequence positions.
+
+    ``"set"`` (upstream): ``list(set(image_pivots + text_pivots))``, built from Python ints exactly as the official
+    code does, so the order is CPython's iteration order of a small-int set (``hash(i) == i``: the order of the
+    hash-table slots, which depends on the values, the table size and, on collisions, the insertion order; the
+    image pivots are inserted first, each kind in descending key-norm order). ``"ascending"``: sorted positions.
+    """
+    positions = [int(i) for i in image_pivots] + [int(i) for i in text_pivots]
+    if order == "set":
+        return list(set(positions))
+    if order == "ascending":
+        return sorted(positions)
+    raise ValueError(f"DART pivot order must be one of {DART_PIVOT_ORDERS}, got {order!r}")
+
+
+def dart_select(
+    hidden: torch.Tensor,
+    key_norm: torch.Tensor,
+    positions: torch.Tensor,
+    text_hidden: torch.Tensor,
+    text_key_norm: torch.Tensor,
+    text_positions: torch.Tensor,
+    pivot_image: int,
+    pivot_text: int,
+    budget: int,
+    order: str = "set",
+) -> torch.Tensor:
+    """DART's duplication-aware selection for one row; returns ascending indices into the ``N`` visual tokens.
+
+    Args:
+        hidden: ``[N, D]`` visual tokens after the model's final norm (output of layer ``K-1``).
+        key_norm: ``[N]`` L1 norms of their layer ``K-1`` keys.
+        positions: ``[N]`` their positions in the (unpadded) prompt sequence: upstream's pivot identifiers, whose
+            values decide the ``"set"`` claiming order.
+        text_hidden / text_key_norm / text_positions: ``[M, D]`` / ``[M]`` / ``[M]`` the same for the prompt text
+            tokens after the image.
+        pivot_image / pivot_text: ``p`` / ``q`` pivots, the tokens with the largest key norm of each kind (ties:
+            lower index), clipped to what exists: ``p' = min(p, N)``, ``q' = min(q, M)``.
+        budget: ``max_num_trunction``; each pivot claims ``k = budget // (p' + q')`` tokens. Upstream divides by
+            ``p + q`` (and fails when fewer than ``q`` text tokens follow the image); dividing by the pivots that
+            exist keeps the kept count near the budget instead of silently losing ``(q - q') k`` tokens.
+        order: the claiming order of the pivots, :func:`dart_pivot_order` (``"set"`` = upstream).
+
+    Every pivot in turn claims the ``k`` not-yet-claimed, non-pivot visual tokens whose hidden state is least
+    cosine-similar to its own (fewer when fewer are left). Returns the image pivots plus every claimed token
+    (``p' + (p' + q') k`` when enough tokens exist), ascending.
+    """
+    n = hidden.shape[0]
+    p = min(pivot_image, n)
+    q = min(pivot_text, text_hidden.shape[0])
+    if p + q == 0:
+        return torch.zeros(0, dtype=torch.long, device=hidden.device)
+    per_pivot = int(budget) // (p + q)
+    img_pivots = rank_indices(key_norm[None].float())[0, :p]  # best first, as topk(...).indices
+    txt_pivots = rank_indices(text_key_norm[None].float())[0, :q]
+    pivot_vector = {int(positions[i]): hidden[i] for i in img_pivots.tolist()}
+    pivot_vector.update({int(text_positions[i]): text_hidden[i] for i in txt_pivots.tolist()})
+    claim_order = dart_pivot_order(
+        positions[img_pivots].tolist(), text_positions[txt_pivots].tolist(), order
+    )
+    hn = F.normalize(hidden.float(), dim=-1)
+    available = torch.ones(n, dtype=torch.bool, device=hidden.device)
+    available[img_pivots] = False
+    chosen = [img_pivots]
+    for position in claim_order:
+        left = int(available.sum())
+        if left == 0 or per_pivot <= 0:
+            break
+        sim = hn @ F.normalize(pivot_vector[position].float(), dim=-1)
+        sim = sim.masked_fill(~available, float("inf"))
+        pick = rank_indices(-sim[None])[0, : min(per_pivot, left)]
+        available[pick] = False
+        chosen.append(pick)
+    return torch.cat(chosen).sort().values
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -105,6 +193,12 @@ class DARTConfig(LLMPruningMethod):
 
     def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
         return {"dart_kept": self.kept_count()}
+
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``), when at least ``q`` text tokens follow the image (:meth:`kept_count`)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        return per_layer_counts(geometry.llm_layers, n, [(self.prune_layers(geometry)[0], min(n, self.kept_count()))])
 
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         keys = step.keys(step.layer - 1)  # [B, H_kv, T, d], post-RoPE

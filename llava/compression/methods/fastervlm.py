@@ -11,9 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
-from llava.compression import scoring
 from llava.compression.pre_llm import (
     PreLLMMethod,
     Reduction,
@@ -24,15 +21,11 @@ from llava.compression.pre_llm import (
     check_int,
     selection_reduction,
 )
+from llava.compression.primitives import HEAD_REDUCTIONS, cls_patch_scores, topk_indices
 from llava.compression.registry import MethodSpec, ModelGeometry, Stage, option, register
-from llava.compression.selection import topk_indices
 
 BUDGET_HELP = "visual tokens per image given to the LLM"
 
-
-def cls_patch_scores(signals: VisionSignals, layer: int, head_reduction: str = "mean") -> torch.Tensor:
-    """``[B, N]`` fp32: the [CLS]->patch attention of ``layer`` reduced over heads."""
-    return scoring.patch_scores(scoring.reduce_heads(signals.cls_attention(layer), head_reduction))
 
 
 @dataclass
@@ -46,12 +39,12 @@ class FasterVLMConfig(PreLLMMethod):
         "mean",
         "--head-reduction",
         "how [CLS] attention is reduced over heads",
-        choices=scoring.HEAD_REDUCTIONS,
+        choices=HEAD_REDUCTIONS,
     )
 
     def __post_init__(self) -> None:
         check_int("--visual-token-num", self.visual_token_num, 1)
-        check_choice("--head-reduction", self.head_reduction, scoring.HEAD_REDUCTIONS)
+        check_choice("--head-reduction", self.head_reduction, HEAD_REDUCTIONS)
 
     def validate(self, geometry: ModelGeometry) -> None:
         check_budget(self.visual_token_num, geometry)
@@ -59,6 +52,10 @@ class FasterVLMConfig(PreLLMMethod):
 
     def probe_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return (geometry.feature_layer,)
+
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget."""
+        return [self.visual_token_num] * geometry.llm_layers
 
     def reduce(self, signals: VisionSignals) -> Reduction:
         scores = cls_patch_scores(signals, signals.feature_layer, self.head_reduction)

@@ -8,7 +8,7 @@ pruning is decided once from the prompt ("static KV pruning", the official HF/lm
 
 Defaults ``K = 2``, ``R = 0.5`` (paper title). Layer-averaged budgets (spec Trap 1): with ``K = 2`` on 32 layers
 ``T_eq`` 192 / 128 / 64 need ``--visual-token-num`` 166 / 98 / 30
-(``llava.compression.llm.schedule.fastv_keep_for_average``).
+(:func:`fastv_keep_for_average`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from llava.compression.llm.base import (
     check_positions,
     positions_option,
 )
-from llava.compression.llm.selection import fastv_keep_count, top_scoring
+from llava.compression.llm.schedule import per_layer_counts
 from llava.compression.pre_llm import check_budget, check_int
+from llava.compression.primitives import top_scoring
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -35,6 +36,28 @@ from llava.compression.registry import (
     option,
     register,
 )
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def fastv_keep_count(num_visual: int, ratio_dropped: float | None, keep: int | None) -> int:
+    """FastV's kept count: ``keep`` when given (clipped to ``N_v``), else ``round(N_v (1 - R))``."""
+    if keep is not None:
+        return min(int(keep), num_visual)
+    return min(num_visual, max(0, round(num_visual * (1.0 - float(ratio_dropped)))))
+
+
+def fastv_keep_for_average(target: float, layer: int, num_layers: int, num_visual: int) -> int:
+    """FastV's kept count ``t`` so that ``(K N + (L - K) t) / L`` is closest to ``target`` (spec section 2.1).
+
+    E.g. ``K=2, L=32, N=576``: 192 -> 166, 128 -> 98, 64 -> 30.
+    """
+    t = (num_layers * target - layer * num_visual) / (num_layers - layer)
+    return max(0, min(num_visual, round(t)))
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -78,6 +101,13 @@ class FastVConfig(LLMPruningMethod):
 
     def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return check_layers("--fastv-k", (self.fastv_k,), geometry)
+
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        keep = fastv_keep_count(n, self.ratio, self.visual_token_num)
+        return per_layer_counts(geometry.llm_layers, n, [(self.prune_layers(geometry)[0], keep)])
 
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         query = step.last_prompt_index()[:, None]

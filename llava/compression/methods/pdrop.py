@@ -16,6 +16,7 @@ convention) is closest to ``T`` for the given layers, e.g. layers ``2,8,16``: 19
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,9 +30,9 @@ from llava.compression.llm.base import (
     parse_int_list,
     positions_option,
 )
-from llava.compression.llm.schedule import pdrop_stage_counts, solve_pdrop_ratio
-from llava.compression.llm.selection import top_scoring
+from llava.compression.llm.schedule import average_tokens, per_layer_counts
 from llava.compression.pre_llm import check_int
+from llava.compression.primitives import top_scoring
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -40,6 +41,56 @@ from llava.compression.registry import (
     option,
     register,
 )
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def pdrop_stage_counts(num_visual: int, ratio: float, num_stages: int) -> list[int]:
+    """PyramidDrop's kept counts after each of ``S`` drops: ``int(N lambda^s)`` for ``s = 1..S``."""
+    return [int(num_visual * ratio**s) for s in range(1, num_stages + 1)]
+
+
+def pdrop_average(num_visual: int, ratio: float, layers: Sequence[int], num_layers: int) -> float:
+    """``T_eq`` of a PyramidDrop schedule (drops before each of ``layers``)."""
+    counts = pdrop_stage_counts(num_visual, ratio, len(layers))
+    return average_tokens(per_layer_counts(num_layers, num_visual, list(zip(layers, counts))))
+
+
+def solve_pdrop_ratio(target: float, num_visual: int, layers: Sequence[int], num_layers: int) -> float:
+    """The ratio ``lambda`` in ``(0, 1]`` whose schedule's ``T_eq`` is closest to ``target`` (ties: larger).
+
+    ``T_eq(lambda)`` is non-decreasing, so bisection on the exact (integer) schedule finds it. With
+    ``layers=[2, 8, 16]`` on LLaVA-1.5-7B: 192 -> ~0.56, 128 -> ~0.42, 64 -> ~0.19 (spec section 2.6).
+    Raises :class:`CompressionConfigError` when ``target`` is outside ``[T_eq(0+), N]``.
+    """
+    low_avg = pdrop_average(num_visual, 1e-9, layers, num_layers)
+    if not low_avg - 0.5 <= target <= num_visual:
+        raise CompressionConfigError(
+            f"--visual-token-num {target}: PyramidDrop with layers {list(layers)} of {num_layers} averages between "
+            f"{low_avg:.1f} and {num_visual} visual tokens per layer; choose earlier layers for fewer tokens"
+        )
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if pdrop_average(num_visual, mid, layers, num_layers) < target:
+            lo = mid
+        else:
+            hi = mid
+    # hi: smallest ratio reaching the target; lo: largest one below it. Pick the closer average.
+    best = min(
+        (r for r in (lo, hi) if r > 0),
+        key=lambda r: (abs(pdrop_average(num_visual, r, layers, num_layers) - target), -r),
+    )
+    reached = pdrop_average(num_visual, best, layers, num_layers)
+    for digits in range(2, 7):  # the shortest decimal with the same schedule, for readable configs
+        short = round(best, digits)
+        if 0 < short <= 1 and pdrop_average(num_visual, short, layers, num_layers) == reached:
+            return short
+    return best
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -79,9 +130,7 @@ class PDropConfig(LLMPruningMethod):
         return parse_int_list("--pdrop-layers", self.pdrop_layers)
 
     def ratio(self, geometry: ModelGeometry) -> float:
-        """``lambda``: given, solved from ``--visual-token-num``, or 0.5."""
-        if getattr(self, "_ratio_for", None) == geometry:
-            return self._ratio
+        """``lambda``: given, solved from ``--visual-token-num`` on ``geometry``, or 0.5."""
         if self.visual_token_num is not None:
             return solve_pdrop_ratio(
                 self.visual_token_num, geometry.num_patches, self.layers, geometry.llm_layers
@@ -90,8 +139,7 @@ class PDropConfig(LLMPruningMethod):
 
     def validate(self, geometry: ModelGeometry) -> None:
         self.prune_layers(geometry)
-        self._ratio = self.ratio(geometry)  # solved once (raises when the target is out of reach)
-        self._ratio_for = geometry
+        self.ratio(geometry)  # raises when the target is out of reach
 
     def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return check_layers("--pdrop-layers", self.layers, geometry)
@@ -99,10 +147,16 @@ class PDropConfig(LLMPruningMethod):
     def trace_extras(self, geometry: ModelGeometry) -> dict[str, Any]:
         return {"pdrop_lambda": self.ratio(geometry)}
 
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        layers = self.prune_layers(geometry)
+        counts = pdrop_stage_counts(n, self.ratio(geometry), len(layers))
+        return per_layer_counts(geometry.llm_layers, n, list(zip(layers, counts)))
+
     def select(self, step: PruneStep) -> list[RowSelection | None]:
-        ratio = getattr(self, "_ratio", None)
-        if ratio is None:
-            raise RuntimeError("pdrop: validate(geometry) must run before select() (the engine does)")
+        ratio = self.ratio(step.geometry)
         query = step.last_prompt_index()[:, None]
         scores = step.attention(step.layer, query).mean(dim=1)[:, 0]  # the next layer's own q/k
         out: list[RowSelection | None] = []

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import ClassVar
 
-from llava.compression.merging import pool_cells, pool_centres, pool_to_grid
+import torch
+import torch.nn.functional as F
+
 from llava.compression.pre_llm import PreLLMMethod, Reduction, VisionSignals, check_budget, check_int
 from llava.compression.registry import (
     CompressionConfigError,
@@ -21,6 +23,50 @@ from llava.compression.registry import (
     option,
     register,
 )
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def pool_to_grid(x: torch.Tensor, grid: tuple[int, int], out_grid: tuple[int, int]) -> torch.Tensor:
+    """Average-pool raster-ordered patch features to a smaller grid (PyTorch adaptive pooling windows).
+
+    ``[B, R*Cg, C]`` on a ``(R, Cg)`` grid -> ``[B, h*w, C]`` on ``out_grid = (h, w)``, raster order.
+    """
+    b, n, c = x.shape
+    rows, cols = grid
+    if rows * cols != n:
+        raise ValueError(f"{n} tokens do not form a {rows}x{cols} grid")
+    img = x.float().transpose(1, 2).reshape(b, c, rows, cols)
+    pooled = F.adaptive_avg_pool2d(img, out_grid)  # [B, C, h, w]
+    return pooled.flatten(2).transpose(1, 2).to(x.dtype)
+
+
+def pool_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each adaptive-pooling window along one axis (PyTorch's rule)."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def pool_cells(grid: tuple[int, int], out_grid: tuple[int, int]) -> torch.Tensor:
+    """Output cell of every patch for drawing: the non-overlapping partition ``floor(r*h/R), floor(c*w/Cg)``.
+
+    Adaptive windows overlap by one patch when the sizes do not divide; each patch is shown in one cell. ``[N]``.
+    """
+    (rows, cols), (h, w) = grid, out_grid
+    r = torch.arange(rows) * h // rows
+    c = torch.arange(cols) * w // cols
+    return (r[:, None] * w + c[None, :]).flatten()
+
+
+def pool_centres(grid: tuple[int, int], out_grid: tuple[int, int]) -> torch.Tensor:
+    """Raster index of the patch at the centre of each pooling window, ascending ``[h*w]``."""
+    (rows, cols), (h, w) = grid, out_grid
+    rc = torch.tensor([(s + e - 1) // 2 for s, e in pool_windows(rows, h)])
+    cc = torch.tensor([(s + e - 1) // 2 for s, e in pool_windows(cols, w)])
+    return (rc[:, None] * cols + cc[None, :]).flatten()
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 def pool_grid(budget: int, grid: tuple[int, int]) -> tuple[int, int] | None:
@@ -60,6 +106,10 @@ class PoolConfig(PreLLMMethod):
                 f"pool needs --visual-token-num = h * w with h <= {rows}, w <= {cols}; "
                 f"{self.visual_token_num} is not (nearest: {', '.join(map(str, sorted(near)))})"
             )
+
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget (an ``h x w`` grid)."""
+        return [self.visual_token_num] * geometry.llm_layers
 
     def reduce(self, signals: VisionSignals) -> Reduction:
         out_grid = pool_grid(self.visual_token_num, signals.grid)

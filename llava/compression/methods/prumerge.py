@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
-from llava.compression.merging import knn_weighted_merge, weighted_remainder
 from llava.compression.pre_llm import (
     PreLLMMethod,
     Reduction,
@@ -44,6 +44,7 @@ from llava.compression.pre_llm import (
     check_choice,
     check_int,
 )
+from llava.compression.primitives import check_k, patch_scores, rank_indices, topk_in_rank_order
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -51,14 +52,6 @@ from llava.compression.registry import (
     Stage,
     option,
     register,
-)
-from llava.compression.scoring import patch_scores
-from llava.compression.selection import (
-    append_unique,
-    iqr_outlier_count,
-    strided_indices,
-    topk_in_rank_order,
-    uniform_fill,
 )
 
 TOKEN_ORDERS = ("rank", "raster")
@@ -68,6 +61,90 @@ DEFAULT_TOP_RATIO = 0.5
 VTC_CLS_TOP_AND_SPACING = {64: (13, 33), 128: (40, 18)}
 VTC_CLS_OTHER_BUDGETS = (95, 9)
 VTC_CLS_RULE_PATCHES = 576  # the grid the rule's constants were made for (range(0, 575, ...))
+
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def iqr_outlier_count(scores: torch.Tensor) -> int:
+    """PruMerge's adaptive budget for one image: how many scores lie above ``Q3 + 1.5 (Q3 - Q1)``.
+
+    ``scores`` is ``[N]``; quartiles use linear interpolation (``numpy.percentile``'s default). The outliers
+    are exactly the top-``count`` tokens, so ``topk_in_rank_order(scores, count)`` selects them.
+    """
+    s = scores.float().flatten()
+    q1, q3 = torch.quantile(s, torch.tensor([0.25, 0.75], dtype=s.dtype, device=s.device))
+    return int((s > q3 + 1.5 * (q3 - q1)).sum())
+
+
+def knn_weighted_merge(
+    x: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, centres: torch.Tensor, num_neighbours: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PruMerge's update of each kept token with its most key-similar tokens.
+
+    For each centre ``i`` the ``m = min(num_neighbours, N - 1)`` other tokens ``j`` (kept or not) with the highest
+    cosine similarity of ``keys`` (ties -> lower index) are added, weighted by ``weights`` (the [CLS]
+    attention), without normalisation: ``y_i = x_i + sum_j w_j x_j``.
+
+    Args:
+        x: ``[N, C]`` features; keys: ``[N, Ck]``; weights: ``[N]``; centres: ``[k]`` token indices (any order).
+
+    Returns:
+        ``(y, neighbours)``: ``[k, C]`` in the order of ``centres`` and ``[k, m]`` neighbour indices.
+    """
+    n = x.shape[0]
+    m = min(num_neighbours, n - 1)
+    kn = F.normalize(keys.float(), dim=-1)
+    sim = kn[centres] @ kn.T  # [k, N]
+    sim[torch.arange(centres.numel(), device=sim.device), centres] = float(
+        "-inf"
+    )  # a token is not its own neighbour
+    neighbours = rank_indices(sim)[:, :m]  # [k, m]
+    xf = x.float()
+    y = xf[centres] + (weights.float()[neighbours].unsqueeze(-1) * xf[neighbours]).sum(dim=1)
+    return y.to(x.dtype), neighbours
+
+
+def weighted_remainder(x: torch.Tensor, weights: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """PruMerge's extra token: ``sum_{j not in kept} w_j x_j``. ``[N, C]``, ``[N]``, ``[k]`` -> ``[C]``."""
+    drop = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    drop[kept] = False
+    return (weights.float()[drop].unsqueeze(-1) * x.float()[drop]).sum(dim=0).to(x.dtype)
+
+
+
+def strided_indices(stop: int, stride: int) -> torch.Tensor:
+    """``0, stride, 2*stride, ... < stop`` (PruMerge+'s spatially uniform tokens). Returns ``[m]``."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return torch.arange(0, stop, stride, dtype=torch.long)
+
+
+def append_unique(first: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """``first`` followed by the entries of ``extra`` not already in ``first`` (both ``[m]``, order kept)."""
+    seen = torch.isin(extra, first)
+    return torch.cat([first, extra[~seen]])
+
+
+def uniform_fill(n: int, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``k`` indices spread evenly over the raster order of ``range(n)`` minus ``exclude``; ascending ``[k]``.
+
+    With ``M`` candidates (ascending) it takes candidate ``floor((i + 0.5) * M / k)`` for ``i < k``, so the picks
+    are distinct, deterministic and as evenly spaced as the candidates allow.
+    """
+    candidates = torch.arange(n, dtype=torch.long)
+    if exclude is not None and exclude.numel():
+        candidates = candidates[~torch.isin(candidates, exclude.to(torch.long).cpu())]
+    m = candidates.numel()
+    check_k(k, m)
+    if k == 0:
+        return candidates[:0]
+    pos = ((torch.arange(k, dtype=torch.float64) + 0.5) * m / k).floor().to(torch.long).clamp_(max=m - 1)
+    return candidates[pos]
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -127,6 +204,14 @@ class PruMergeConfig(PreLLMMethod):
 
     def _top_and_uniform(self, scores: torch.Tensor, budget: int) -> torch.Tensor:
         raise NotImplementedError
+
+    def token_schedule(self, geometry: ModelGeometry) -> list[int] | None:
+        """Visual tokens of one image entering each decoder layer: the budget (the extra token included; under
+        PruMerge+'s VTC-CLS rule the label, the real count is close to it), or ``None`` without a budget, where the
+        IQR outlier count makes it image-dependent."""
+        if self.visual_token_num is None:
+            return None
+        return [self.visual_token_num] * geometry.llm_layers
 
     def reduce(self, signals: VisionSignals) -> Reduction:
         layer = signals.feature_layer + 1

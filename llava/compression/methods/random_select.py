@@ -20,8 +20,20 @@ from llava.compression.pre_llm import (
     check_int,
     selection_reduction,
 )
+from llava.compression.primitives import check_k
 from llava.compression.registry import MethodSpec, ModelGeometry, Stage, option, register
-from llava.compression.selection import random_indices
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def random_indices(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """``k`` distinct indices drawn uniformly from ``range(n)`` with ``generator``; ascending ``[k]``."""
+    check_k(k, n)
+    return torch.randperm(n, generator=generator)[:k].sort().values
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 def image_seed(seed: int, image_key: int | None) -> int:
@@ -47,6 +59,10 @@ class RandomConfig(PreLLMMethod):
 
     def validate(self, geometry: ModelGeometry) -> None:
         check_budget(self.visual_token_num, geometry)
+
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget."""
+        return [self.visual_token_num] * geometry.llm_layers
 
     def reduce(self, signals: VisionSignals) -> Reduction:
         keys = signals.image_keys or [None] * signals.batch_size

@@ -16,7 +16,7 @@ pruning layers, text raters, token recycling, compacted positions. v1.0's rank-a
 * Recycling (``--sparsevlm-recycle``, on): of the pruned tokens, the top ``int(0.3 P) + 1`` by score are clustered
   with DPC-kNN into ``int(that / 10) + 1`` clusters; the cluster means (of layer ``l``'s outputs) are inserted right
   after the kept visual tokens and count as visual tokens from then on (the trace includes them). Numerics differ
-  from upstream where upstream's are accidents (``llava.compression.llm.selection.dpc_knn_centres``): distances are
+  from upstream where upstream's are accidents (:func:`dpc_knn_centres` below): distances are
   exact (float64 coordinate differences, not ``cdist``'s matrix-multiply shortcut), densities are compared in log
   space (upstream's ``exp`` rounds to 1 or underflows to 0, making every density a tie), and density ties (duplicate
   tokens only) go to the lower index where upstream adds random noise.
@@ -45,10 +45,10 @@ from llava.compression.llm.base import (
     parse_int_list,
     positions_option,
 )
-from llava.compression.llm.schedule import SPARSEVLM_V15_COUNTS
+from llava.compression.llm.schedule import per_layer_counts
 from llava.compression.llm.scoring import text_raters
-from llava.compression.llm.selection import sparsevlm_recycle, top_scoring
 from llava.compression.pre_llm import check_int
+from llava.compression.primitives import rank_indices, top_scoring
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -57,6 +57,104 @@ from llava.compression.registry import (
     option,
     register,
 )
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+# SparseVLM v1.5 (ICML camera-ready) kept counts at its pruning layers [2, 6, 15], per budget (spec section 2.5).
+SPARSEVLM_V15_COUNTS: dict[int, tuple[int, int, int]] = {
+    192: (300, 200, 110),
+    128: (303, 110, 36),
+    96: (238, 48, 26),
+    64: (66, 30, 17),
+}
+
+
+def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
+    """``[N, D]`` -> ``[N, N]`` float64 Euclidean distances divided by ``sqrt(D)`` (SparseVLM's DPC-kNN metric).
+
+    Computed from the coordinate differences (``torch.cdist`` without its matrix-multiply path): the
+    ``|a|^2 + |b|^2 - 2 a.b`` shortcut loses every digit when tokens share a large common component (hidden states
+    of an LLM do), which reorders the cluster centres. Float64, because the ``N`` here is a few hundred at most.
+    """
+    x64 = x.detach().to(torch.float64)
+    return torch.cdist(x64, x64, compute_mode="donot_use_mm_for_euclid_dist") / x.shape[-1] ** 0.5
+
+
+def dpc_knn_log_density(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """``log`` of DPC-kNN's local density ``exp(-mean of the squared distances to the k nearest tokens)``.
+
+    The token itself is among its ``k`` nearest (distance 0), as upstream. Returned in log space (``[N]`` float64):
+    the ranking is the density's, but it cannot round to 1 (tiny activations) or underflow to 0 (large ones),
+    which would turn every comparison of densities into a tie.
+    """
+    k = max(1, min(int(k), dist.shape[-1]))
+    nearest = torch.topk(dist, k=k, dim=-1, largest=False).values
+    return -(nearest**2).mean(dim=-1)
+
+
+def dpc_knn_centres(dist: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """DPC-kNN's ``C = min(num_clusters, N)`` cluster centres of ``[N, N]`` distances, best first.
+
+    * local density: :func:`dpc_knn_log_density` with ``k = num_clusters``;
+    * each token's distance to the nearest denser token (the densest token gets the largest distance overall).
+      Density ties are broken by index, the lower index counting as denser (upstream adds ``1e-6``-scaled random
+      noise to the densities instead, so its tie-break is irreproducible; ties only occur for duplicate tokens once
+      densities are compared in log space);
+    * centres: the largest ``distance * density``, compared as ``log distance + log density`` (same order).
+    """
+    n = dist.shape[0]
+    c = max(1, min(int(num_clusters), n))
+    log_density = dpc_knn_log_density(dist, c)
+    idx = torch.arange(n, device=dist.device)
+    denser = (log_density[None, :] > log_density[:, None]) | (
+        (log_density[None, :] == log_density[:, None]) & (idx[None, :] < idx[:, None])
+    )
+    parent = dist.masked_fill(~denser, float("inf")).amin(dim=-1)
+    parent = torch.where(torch.isinf(parent), dist.max(), parent)
+    score = parent.log() + log_density  # -inf for a duplicate's parent distance 0, as distance * density = 0
+    return torch.sort(score, descending=True, stable=True).indices[:c]
+
+
+def dpc_knn_merge(x: torch.Tensor, num_clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseVLM's token recycling: density-peak clustering (DPC-kNN) of ``[N, D]`` tokens, then averaging.
+
+    Centres by :func:`dpc_knn_centres` on exact :func:`pairwise_distances`; every token joins its nearest centre
+    (centres join themselves; distance ties -> the better-ranked centre); merged token = mean of its members.
+
+    Returns ``(merged [C, D] in x.dtype, centres [C])`` with ``C = min(num_clusters, N)``, in centre-rank order.
+    """
+    n, d = x.shape
+    dist = pairwise_distances(x)
+    centres = dpc_knn_centres(dist, num_clusters)
+    c = centres.numel()
+    assign = dist[centres].argmin(dim=0)
+    assign[centres] = torch.arange(c, device=x.device)
+    sums = torch.zeros(c, d, dtype=torch.float32, device=x.device).index_add_(0, assign, x.float())
+    counts = torch.bincount(assign, minlength=c).clamp_(min=1).to(torch.float32)
+    return (sums / counts[:, None]).to(x.dtype), centres
+
+
+def sparsevlm_recycle(
+    pruned_hidden: torch.Tensor, pruned_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """SparseVLM v1.0/v1.5 recycling of the ``P`` pruned visual tokens of one row.
+
+    The top ``int(0.3 P) + 1`` pruned tokens by score (best first) are clustered into ``int(that / 10) + 1``
+    clusters with :func:`dpc_knn_merge`. Returns ``(merged [C, D], centre indices into the P pruned tokens [C])``,
+    or ``None`` when nothing was pruned.
+    """
+    p = pruned_hidden.shape[0]
+    if p == 0:
+        return None
+    m = min(p, int(p * 0.3) + 1)
+    order = rank_indices(pruned_scores[None].float())[0, :m]
+    merged, centres = dpc_knn_merge(pruned_hidden[order], m // 10 + 1)
+    return merged, order[centres]
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -139,6 +237,23 @@ class SparseVLMConfig(LLMPruningMethod):
                 f" (the LLM has {geometry.llm_layers} layers and the last one cannot prune its output usefully)",
             )
         return check_layers("--sparsevlm-layers (+1)", tuple(k + 1 for k in self.layers), geometry)
+
+    def token_schedule(self, geometry: ModelGeometry, visual_tokens: int | None = None) -> list[int]:
+        """Visual tokens entering each decoder layer (the engine's trace convention) for a row whose LLM input holds
+        ``visual_tokens`` of them (default ``geometry.num_patches``): at each pruning layer ``min(count, current - 1)`` kept plus, with recycling, ``int(m / 10) + 1`` cluster
+        means of the top ``m = int(0.3 P) + 1`` of the ``P`` pruned tokens (see :func:`sparsevlm_recycle`)."""
+        n = geometry.num_patches if visual_tokens is None else visual_tokens
+        current, drops = n, []
+        for layer, count in zip(self.prune_layers(geometry), self.counts):
+            keep = min(count, current - 1)
+            pruned = current - keep
+            recycled = 0
+            if self.sparsevlm_recycle and pruned > 0:
+                m = min(pruned, int(pruned * 0.3) + 1)
+                recycled = min(m // 10 + 1, m)
+            current = keep + recycled
+            drops.append((layer, current))
+        return per_layer_counts(geometry.llm_layers, n, drops)
 
     def select(self, step: PruneStep) -> list[RowSelection | None]:
         count = self.counts[step.stage]

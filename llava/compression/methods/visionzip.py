@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
-from llava.compression import scoring
-from llava.compression.merging import contextual_merge
-from llava.compression.methods.fastervlm import cls_patch_scores
 from llava.compression.pre_llm import (
     PreLLMMethod,
     Reduction,
@@ -30,6 +28,7 @@ from llava.compression.pre_llm import (
     check_feature_layer,
     check_int,
 )
+from llava.compression.primitives import cls_patch_scores, topk_indices
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -38,7 +37,65 @@ from llava.compression.registry import (
     option,
     register,
 )
-from llava.compression.selection import topk_indices
+
+# -- algorithm (pure functions) ----------------------------------------------------------------------------------
+
+
+def uniform_targets(num_tokens: int, num_targets: int) -> torch.Tensor:
+    """VisionZip's merge targets among ``M`` tokens: every ``max(1, M // c)``-th token, the first ``c``. ``[c]``."""
+    if not 0 <= num_targets <= num_tokens:
+        raise ValueError(f"cannot choose {num_targets} targets among {num_tokens} tokens")
+    if num_targets == 0:
+        return torch.zeros(0, dtype=torch.long)
+    step = max(1, num_tokens // num_targets)
+    return torch.arange(0, num_tokens, step, dtype=torch.long)[:num_targets]
+
+
+def contextual_merge(
+    x: torch.Tensor, metric: torch.Tensor, num_targets: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VisionZip's contextual tokens from the ``M`` tokens left after the dominant ones were taken.
+
+    Targets are :func:`uniform_targets`; every other token joins its most cosine-similar target (``metric``,
+    ties -> lower target); contextual token ``j = x_target_j + mean of the tokens that joined j`` (just
+    ``x_target_j`` when none joined).
+
+    Args:
+        x: ``[M, C]`` features (in original order); metric: ``[M, Cm]`` similarity features.
+
+    Returns:
+        ``(merged [c, C], targets [c] positions into the M tokens, assignment [M] target slot of every token)``.
+    """
+    m, dev = x.shape[0], x.device
+    targets = uniform_targets(m, num_targets).to(dev)
+    assignment = torch.empty(m, dtype=torch.long, device=dev)
+    if num_targets == 0:
+        return x[:0], targets, assignment.fill_(-1)
+    is_target = torch.zeros(m, dtype=torch.bool, device=dev)
+    is_target[targets] = True
+    others = (~is_target).nonzero().squeeze(-1)
+    mn = F.normalize(metric.float(), dim=-1)
+    joined = torch.argmax(mn[others] @ mn[targets].T, dim=-1) if others.numel() else others  # [M - c]
+    assignment[targets] = torch.arange(num_targets, device=dev)
+    assignment[others] = joined
+    xf = x.float()
+    sums = torch.zeros(num_targets, x.shape[-1], dtype=torch.float32, device=dev).index_add_(
+        0, joined, xf[others]
+    )
+    counts = torch.bincount(joined, minlength=num_targets).clamp_(min=1).unsqueeze(-1)
+    merged = xf[targets] + sums / counts
+    return merged.to(x.dtype), targets, assignment
+
+
+
+def mean_over_heads_of_keys(k: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """VisionZip's similarity metric: keys averaged over heads, ``[B, M, C]`` -> ``[B, M, C/H]`` (fp32)."""
+    b, m, c = k.shape
+    return k.float().reshape(b, m, num_heads, c // num_heads).mean(dim=2)
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -101,11 +158,15 @@ class VisionZipConfig(PreLLMMethod):
         out.update(dominant=self.dominant, contextual=self.contextual)
         return out
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget (dominant + contextual tokens)."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         layer = signals.feature_layer
         scores = cls_patch_scores(signals, layer, "sum")  # [B, N]
         dom = topk_indices(scores, self.dominant_patches)  # [B, D'] ascending
-        metric = scoring.mean_over_heads_of_keys(
+        metric = mean_over_heads_of_keys(
             signals.layer_keys(layer)[:, 1:], signals.num_heads
         )  # [B, N, d]
         x = signals.patches

@@ -9,11 +9,12 @@ projector. With ``start_layer = feature_layer`` (22) it keeps exactly FasterVLM'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from llava.compression import scoring
-from llava.compression.methods.fastervlm import BUDGET_HELP, cls_patch_scores
+import torch
+
 from llava.compression.pre_llm import (
     PreLLMMethod,
     Reduction,
@@ -24,6 +25,12 @@ from llava.compression.pre_llm import (
     check_int,
     selection_reduction,
 )
+from llava.compression.primitives import (
+    HEAD_REDUCTIONS,
+    cls_patch_scores,
+    reduce_dim,
+    topk_indices,
+)
 from llava.compression.registry import (
     CompressionConfigError,
     MethodSpec,
@@ -32,7 +39,29 @@ from llava.compression.registry import (
     option,
     register,
 )
-from llava.compression.selection import topk_indices
+
+BUDGET_HELP = "visual tokens per image given to the LLM"
+
+
+# -- algorithm (pure functions) -----------------------------------------------------------------------------------
+
+
+LAYER_ENSEMBLES = ("mean", "sum", "max", "min")
+
+
+def ensemble_layers(scores: Sequence[torch.Tensor] | torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Combine per-layer scores: ``L x [B, N]`` (or stacked ``[L, B, N]``) -> ``[B, N]`` fp32.
+
+    ``mean`` and ``sum`` rank tokens identically; ``max`` / ``min`` are VTC-CLS's alternatives.
+    """
+    stacked = scores if isinstance(scores, torch.Tensor) else torch.stack(list(scores))
+    if stacked.shape[0] == 0:
+        raise ValueError("ensemble of zero layers")
+    return reduce_dim(stacked.float(), dim=0, how=how, choices=LAYER_ENSEMBLES)
+
+
+
+# -- config ------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -48,20 +77,20 @@ class VTCCLSConfig(PreLLMMethod):
         "first (0-based) vision-encoder layer of the [CLS]-attention ensemble; it ends at the feature layer",
     )
     ensemble: str = option(
-        "mean", "--ensemble", "how per-layer scores are combined", choices=scoring.LAYER_ENSEMBLES
+        "mean", "--ensemble", "how per-layer scores are combined", choices=LAYER_ENSEMBLES
     )
     head_reduction: str = option(
         "mean",
         "--head-reduction",
         "how [CLS] attention is reduced over heads",
-        choices=scoring.HEAD_REDUCTIONS,
+        choices=HEAD_REDUCTIONS,
     )
 
     def __post_init__(self) -> None:
         check_int("--visual-token-num", self.visual_token_num, 1)
         check_int("--start-layer", self.start_layer, 0)
-        check_choice("--ensemble", self.ensemble, scoring.LAYER_ENSEMBLES)
-        check_choice("--head-reduction", self.head_reduction, scoring.HEAD_REDUCTIONS)
+        check_choice("--ensemble", self.ensemble, LAYER_ENSEMBLES)
+        check_choice("--head-reduction", self.head_reduction, HEAD_REDUCTIONS)
 
     def validate(self, geometry: ModelGeometry) -> None:
         check_budget(self.visual_token_num, geometry)
@@ -75,10 +104,14 @@ class VTCCLSConfig(PreLLMMethod):
     def probe_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         return tuple(range(self.start_layer, geometry.feature_layer + 1))
 
+    def token_schedule(self, geometry: ModelGeometry) -> list[int]:
+        """Visual tokens of one image entering each decoder layer: the budget."""
+        return [self.visual_token_num] * geometry.llm_layers
+
     def reduce(self, signals: VisionSignals) -> Reduction:
         layers = range(self.start_layer, signals.feature_layer + 1)
         per_layer = [cls_patch_scores(signals, layer, self.head_reduction) for layer in layers]
-        scores = scoring.ensemble_layers(per_layer, self.ensemble)
+        scores = ensemble_layers(per_layer, self.ensemble)
         return selection_reduction(signals.patches, topk_indices(scores, self.visual_token_num))
 
 
