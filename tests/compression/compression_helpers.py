@@ -9,7 +9,9 @@ the text model uses ``initializer_range=0.3`` so greedy generation is not degene
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from llava.model.configs import clip_vision_config, llama_text_config, llava_config
 
 IMAGE_TOKEN_ID = 299
 PAD_TOKEN_ID = 0
@@ -18,32 +20,11 @@ QK_SCALE = 4.0
 
 
 def tiny_llava_config() -> LlavaConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=24,
-        num_attention_heads=4,
-        image_size=336,
-        patch_size=14,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=300,
-        max_position_embeddings=2048,
-        initializer_range=0.3,
-        pad_token_id=PAD_TOKEN_ID,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=IMAGE_TOKEN_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    vision = clip_vision_config(hidden=64, intermediate=128, layers=24, heads=4, image_size=336, patch_size=14,
+                                projection_dim=512)
+    text = llama_text_config(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab_size=300,
+                             pad_token_id=PAD_TOKEN_ID, init_range=0.3, max_positions=2048, rms_norm_eps=1e-6)
+    return llava_config(vision, text, image_token_id=IMAGE_TOKEN_ID)
 
 
 def build_tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import llava.compression as vtc
+from llava.model.configs import clip_vision_config, llama_text_config
+from llava.model.configs import llava_config as build_llava_config
 
 IMAGE_TOKEN_ID = 299
 PAD_TOKEN_ID = 0
@@ -27,32 +29,11 @@ GEN = {"max_new_tokens": 5, "do_sample": False, "suppress_tokens": [IMAGE_TOKEN_
 
 
 def llava_config() -> LlavaConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=VISION_LAYERS,
-        num_attention_heads=2,
-        image_size=112,
-        patch_size=14,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=LLM_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=300,
-        max_position_embeddings=512,
-        initializer_range=0.3,
-        pad_token_id=PAD_TOKEN_ID,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=IMAGE_TOKEN_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    vision = clip_vision_config(hidden=32, intermediate=64, layers=VISION_LAYERS, heads=2, image_size=112, patch_size=14,
+                                projection_dim=512)
+    text = llama_text_config(hidden=64, intermediate=128, layers=LLM_LAYERS, heads=4, kv_heads=2, vocab_size=300,
+                             pad_token_id=PAD_TOKEN_ID, init_range=0.3, max_positions=512, rms_norm_eps=1e-6)
+    return build_llava_config(vision, text, image_token_id=IMAGE_TOKEN_ID)
 
 
 def build_model(seed: int = 0, attn: str = "sdpa") -> LlavaForConditionalGeneration:
