@@ -195,6 +195,15 @@ def build_llava_config(g: TinyGeometry = TINY):
     return llava_config(vision, text, image_token_id=g.base_vocab)
 
 
+def sharpen_attention(vision_tower, scale: float) -> None:
+    """Scale the q and k projections of every encoder layer by ``scale`` (in place), so that a random tower's
+    attention is peaked, not flat, and [CLS]-attention scores rank patches (platform pitfall 13)."""
+    with torch.no_grad():
+        for layer in vision_tower.encoder.layers:
+            layer.self_attn.q_proj.weight.mul_(scale)
+            layer.self_attn.k_proj.weight.mul_(scale)
+
+
 def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY) -> dict[str, torch.Tensor]:
     """Random weights of the tiny model in transformers' module layout (``model.language_model.*``,
     ``model.vision_tower.*``, ``model.multi_modal_projector.*``, ``lm_head.*``). Deterministic in ``seed``.
@@ -206,10 +215,8 @@ def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY) -> dict[str, to
     torch.manual_seed(seed)
     try:
         model = LlavaForConditionalGeneration._from_config(config, dtype=torch.float32)
+        sharpen_attention(model.model.vision_tower, g.qk_scale)
         with torch.no_grad():
-            for layer in model.model.vision_tower.encoder.layers:
-                layer.self_attn.q_proj.weight.mul_(g.qk_scale)
-                layer.self_attn.k_proj.weight.mul_(g.qk_scale)
             # rows that the original vocabulary does not have are zero in both layouts
             model.model.language_model.embed_tokens.weight[g.base_vocab :].zero_()
             model.lm_head.weight[g.base_vocab :].zero_()

@@ -12,6 +12,7 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from llava.model.configs import clip_vision_config, llama_text_config, llava_config
+from llava.model.tiny import sharpen_attention
 
 IMAGE_TOKEN_ID = 299
 PAD_TOKEN_ID = 0
@@ -33,10 +34,7 @@ def build_tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
     model = LlavaForConditionalGeneration._from_config(
         tiny_llava_config(), attn_implementation="sdpa", dtype=torch.float32
     )
-    with torch.no_grad():
-        for layer in model.model.vision_tower.encoder.layers:
-            layer.self_attn.q_proj.weight.mul_(QK_SCALE)
-            layer.self_attn.k_proj.weight.mul_(QK_SCALE)
+    sharpen_attention(model.model.vision_tower, QK_SCALE)
     model.generation_config.pad_token_id = PAD_TOKEN_ID
     return model.eval()
 

@@ -15,6 +15,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 import llava.compression as vtc
 from llava.model.configs import clip_vision_config, llama_text_config
 from llava.model.configs import llava_config as build_llava_config
+from llava.model.tiny import sharpen_attention
 
 IMAGE_TOKEN_ID = 299
 PAD_TOKEN_ID = 0
@@ -42,10 +43,7 @@ def build_model(seed: int = 0, attn: str = "sdpa") -> LlavaForConditionalGenerat
     model = LlavaForConditionalGeneration._from_config(
         llava_config(), attn_implementation=attn, dtype=torch.float32
     )
-    with torch.no_grad():
-        for layer in model.model.vision_tower.encoder.layers:
-            layer.self_attn.q_proj.weight.mul_(QK_SCALE)
-            layer.self_attn.k_proj.weight.mul_(QK_SCALE)
+    sharpen_attention(model.model.vision_tower, QK_SCALE)
     model.generation_config.pad_token_id = PAD_TOKEN_ID
     model.generation_config.eos_token_id = None  # fixed-length greedy outputs, comparable token by token
     return model.eval()
