@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from llava.eval.inference import left_pad as left_pad_ids
 from llava.model.configs import clip_vision_config, llama_text_config, llava_config
 from llava.model.tiny import sharpen_attention
 
@@ -53,10 +54,4 @@ def make_prompts(with_image: list[bool], seed: int = 0) -> tuple[torch.Tensor, t
         post = torch.randint(1, IMAGE_TOKEN_ID, (5 + 2 * i,), generator=g)
         run = torch.full((NUM_PATCHES if img else 0,), IMAGE_TOKEN_ID)
         rows.append(torch.cat([pre, run, post]))
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD_TOKEN_ID)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
+    return left_pad_ids([r.tolist() for r in rows], PAD_TOKEN_ID, torch.device("cpu"))

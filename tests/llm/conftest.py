@@ -13,6 +13,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.compression.registry import ModelGeometry
+from llava.eval.inference import left_pad as left_pad_ids
 from llava.model.configs import clip_vision_config, llama_text_config
 from llava.model.configs import llava_config as build_llava_config
 
@@ -68,13 +69,7 @@ def make_rows(specs: list[tuple[int, bool, int]], seed: int = 0, n_visual: int =
 
 
 def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD_TOKEN_ID)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
+    return left_pad_ids([r.tolist() for r in rows], PAD_TOKEN_ID, torch.device("cpu"))
 
 
 def make_features(n_images: int, seed: int = 1, n_visual: int = NUM_VISUAL) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import llava.compression as vtc
+from llava.eval.inference import left_pad as left_pad_ids
 from llava.model.configs import clip_vision_config, llama_text_config
 from llava.model.configs import llava_config as build_llava_config
 from llava.model.tiny import sharpen_attention
@@ -64,13 +65,7 @@ def make_prompts(specs: list[tuple[int, bool, int]], seed: int = 0) -> tuple[tor
             parts.append(torch.full((NUM_PATCHES,), IMAGE_TOKEN_ID))
         parts.append(torch.randint(1, IMAGE_TOKEN_ID, (post,), generator=g))
         rows.append(torch.cat(parts))
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD_TOKEN_ID)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
+    return left_pad_ids([r.tolist() for r in rows], PAD_TOKEN_ID, torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")
