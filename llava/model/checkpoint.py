@@ -14,6 +14,7 @@ import os
 
 import torch
 
+ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)  # the original LLaVA code base's config (LLaVA and Video-LLaVA)
 ORIGINAL_PROJECTOR_PREFIX = "model.mm_projector."
 EMBEDDING_KEYS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
 
@@ -38,6 +39,23 @@ def read_config(model_path: str) -> dict:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
 
+
+
+def checkpoint_kind(config: dict) -> tuple[str, str] | None:
+    """``(family, layout)`` of a ``config.json``: family ``"llava"`` or ``"video_llava"``, layout ``"hf"`` (the
+    transformers port) or ``"original"`` (the research code base's); ``None`` when it is neither family's.
+
+    Video-LLaVA is recognised first: its original config also names ``LlavaLlamaForCausalLM``.
+    """
+    if config.get("model_type") == "video_llava" or "video_token_index" in config:
+        return "video_llava", "hf"
+    if "mm_video_tower" in config:
+        return "video_llava", "original"
+    if "vision_config" in config and "text_config" in config:
+        return "llava", "hf"
+    if "mm_vision_tower" in config or any(a in ORIGINAL_ARCHITECTURES for a in config.get("architectures") or []):
+        return "llava", "original"
+    return None
 
 def weight_files(folder: str) -> list[str]:
     """The weight files of a checkpoint folder (sharded or single, ``.safetensors`` or ``.bin``), as paths."""

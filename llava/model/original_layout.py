@@ -27,9 +27,11 @@ import os
 import torch
 
 from llava.model.checkpoint import (  # noqa: F401  (re-exported: the names callers import from here)
+    ORIGINAL_ARCHITECTURES,
     CheckpointError,
     check_state_shapes,
     check_weight_file,
+    checkpoint_kind,
     pad_embedding_rows,
     read_config,
     read_weights,
@@ -37,7 +39,6 @@ from llava.model.checkpoint import (  # noqa: F401  (re-exported: the names call
     weight_files,
 )
 
-ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
 LLAMA_FIELDS = (
     "hidden_size",
     "intermediate_size",
@@ -58,10 +59,14 @@ LLAMA_FIELDS = (
 
 def detect_layout(config: dict, model_path: str = "") -> str:
     """``"hf"`` (llava-hf / transformers ``LlavaConfig``) or ``"original"`` (``mm_vision_tower`` config)."""
-    if "vision_config" in config and "text_config" in config:
-        return "hf"
-    if "mm_vision_tower" in config or any(a in ORIGINAL_ARCHITECTURES for a in config.get("architectures") or []):
-        return "original"
+    kind = checkpoint_kind(config)
+    if kind is not None and kind[0] == "llava":
+        return kind[1]
+    if kind is not None:
+        raise CheckpointError(
+            f"{os.path.join(model_path, 'config.json')} is a Video-LLaVA checkpoint ({kind[1]} layout), not an image "
+            "LLaVA: load it with videollava.model.builder.load_pretrained_model"
+        )
     raise CheckpointError(
         f"{os.path.join(model_path, 'config.json')} is neither a llava-hf checkpoint (expected 'vision_config' "
         "and 'text_config', model_type 'llava') nor an original LLaVA checkpoint (expected 'mm_vision_tower', "

@@ -83,3 +83,26 @@ def test_both_layouts_rename_original_llm_keys_alike():
     for convert in (lambda: convert_state_dict(bad, None, base), lambda: _split_original_state(bad, base)):
         with pytest.raises(CheckpointError, match="mlp2x_gelu has layers 0 and 2"):
             convert()
+
+
+@pytest.mark.parametrize("config, family", [
+    ({"model_type": "llava", "vision_config": {}, "text_config": {}}, "llava"),
+    ({"architectures": ["LlavaLlamaForCausalLM"], "mm_vision_tower": "openai/clip"}, "llava"),
+    ({"model_type": "video_llava", "vision_config": {}, "text_config": {}}, "video_llava"),
+    ({"architectures": ["LlavaLlamaForCausalLM"], "mm_video_tower": "v", "mm_image_tower": "i"}, "video_llava"),
+])
+def test_each_loader_names_the_other_family(tmp_path, config, family):
+    """One detector knows every family's config markers: each loader reads its own family's checkpoints and refuses
+    the other's with one line naming the loader to use (an original Video-LLaVA config also says
+    ``LlavaLlamaForCausalLM``, which the image loader used to take for its own)."""
+    import json
+
+    from llava.model.original_layout import detect_layout as llava_layout
+    from videollava.model.builder import detect_layout as video_layout
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    own, other = (llava_layout, video_layout) if family == "llava" else (video_layout, llava_layout)
+    assert own(config, str(tmp_path)) in ("hf", "original")
+    loader = "llava.model.builder" if family == "llava" else "videollava.model.builder"
+    with pytest.raises(CheckpointError, match=f"{loader}.load_pretrained_model"):
+        other(config, str(tmp_path))

@@ -57,6 +57,7 @@ from llava.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from llava.model.builder import load_tokenizer, resolve_device, resolve_dtype
 from llava.model.checkpoint import (  # noqa: F401  (suppressed_token_ids: re-exported for the generation module)
     check_loading_info,
+    checkpoint_kind,
     one_line,
     pad_embedding_rows,
     rename_original_llm_key,
@@ -76,7 +77,6 @@ from videollava.model.processing import VIDEO_TRANSFORMS, VideoProcessor
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
 VIDEO_TOWER_PREFIX = "model.video_tower.video_tower."
 IMAGE_TOWER_PREFIX = "model.image_tower.image_tower."
 _CLIP_VISION_FIELDS = (
@@ -121,13 +121,14 @@ class VideoLoadedInfo:
 def detect_layout(config: dict, model_path: str = "") -> str:
     """``"hf"`` (``model_type "video_llava"``) or ``"original"`` (``mm_video_tower``); anything else raises."""
     path = os.path.join(model_path, "config.json")
-    if config.get("model_type") == "video_llava" or "video_token_index" in config:
+    kind = checkpoint_kind(config)
+    if kind == ("video_llava", "hf"):
         if "vision_config" not in config or "text_config" not in config:
             raise CheckpointError(f"{path} says model_type 'video_llava' but lacks 'vision_config' / 'text_config'")
         return "hf"
-    if "mm_video_tower" in config:
+    if kind == ("video_llava", "original"):
         return "original"
-    if ("vision_config" in config and "text_config" in config) or "mm_vision_tower" in config:
+    if kind is not None and kind[0] == "llava" and (kind[1] == "hf" or "mm_vision_tower" in config):
         raise CheckpointError(
             f"{path} is an image LLaVA checkpoint (model_type={config.get('model_type')!r}), not Video-LLaVA: it has "
             "no video tower. Load it with llava.model.builder.load_pretrained_model"
