@@ -126,44 +126,30 @@ class BenchGeometry:
         latency harness feeds ``images_per_sample`` separate images instead, which gives the same token counts
         (the temporal attention is left out, see the latency output's notes).
         """
-        from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+        from llava.model.configs import clip_vision_config, llama_text_config, llava_config
+        from llava.model.original_layout import padded_vocab
 
-        vision = CLIPVisionConfig(
-            hidden_size=self.vision_hidden,
-            intermediate_size=self.vision_intermediate,
-            num_hidden_layers=self.vision_layers,
-            num_attention_heads=self.vision_heads,
+        vision = clip_vision_config(
+            hidden=self.vision_hidden,
+            intermediate=self.vision_intermediate,
+            layers=self.vision_layers,
+            heads=self.vision_heads,
             image_size=self.image_size,
             patch_size=self.patch_size,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-            projection_dim=768,
         )
         # image id and pad id follow llava-hf: <image> = vocab, <pad> = vocab + 1, embeddings padded by 64
-        vocab = -(-(self.vocab_size + 2) // 64) * 64
-        text = LlamaConfig(
-            hidden_size=self.llm_hidden,
-            intermediate_size=self.llm_intermediate,
-            num_hidden_layers=self.llm_layers,
-            num_attention_heads=self.llm_heads,
-            num_key_value_heads=self.llm_kv_heads,
-            vocab_size=vocab,
-            max_position_embeddings=max(4096, self.visual_tokens + 1024),
-            rms_norm_eps=1e-5,
-            bos_token_id=1,
-            eos_token_id=2,
+        text = llama_text_config(
+            hidden=self.llm_hidden,
+            intermediate=self.llm_intermediate,
+            layers=self.llm_layers,
+            heads=self.llm_heads,
+            kv_heads=self.llm_kv_heads,
+            vocab_size=padded_vocab(self.vocab_size),
             pad_token_id=self.vocab_size + 1,
-            tie_word_embeddings=False,
+            max_positions=max(4096, self.visual_tokens + 1024),
         )
-        config = LlavaConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_id=self.vocab_size,
-            image_seq_length=self.patches_per_image,
-            projector_hidden_act="gelu",
-            vision_feature_layer=self.vision_feature_layer,
-            vision_feature_select_strategy="default",
-            multimodal_projector_bias=True,
+        config = llava_config(
+            vision, text, image_token_id=self.vocab_size, vision_feature_layer=self.vision_feature_layer
         )
         config._attn_implementation = attn_implementation
         config.text_config._attn_implementation = attn_implementation

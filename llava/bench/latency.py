@@ -11,7 +11,7 @@ Without ``--model-path`` the real architecture of ``--model-config`` is built wi
 What one measurement is (per method, budget and batch size; medians over ``--repeats`` after ``--warmup``):
 
 * **vision**: the CLIP tower plus the method's reduction and the projector (for pre-LLM methods the image features
-  are reduced before the projector, exactly as ``llava.compression.families.llava`` does). With
+  are reduced before the projector by ``llava.compression.families.llava``'s own stage functions). With
   ``--shared-tower`` (default on CPU) the unmodified tower is timed once per batch size and its output reused by every
   method that does not change the tower (pre-LLM and in-LLM methods); in-encoder methods (ToMe, FiCoCo-V/-VL)
   always run their own tower;
@@ -381,7 +381,11 @@ class MethodRunner:
     def __init__(self, model: Any, geometry: BenchGeometry, config: MethodConfig, inputs, settings: Settings):
         import llava.compression as vtc
         from llava.compression.families import clip_merging, decoder_pruning
-        from llava.compression.families.llava import collect_vision_signals, model_geometry
+        from llava.compression.families.llava import (
+            collect_vision_signals,
+            model_geometry,
+            reduce_and_project,
+        )
 
         self.model, self.g, self.config, self.settings = model, geometry, config, settings
         self.ids, self.mask, self.pixels = inputs
@@ -389,7 +393,8 @@ class MethodRunner:
         self.spec = get_method(config.name)
         self.geo = model_geometry(model)
         self._collect = collect_vision_signals
-        self._encode = clip_merging.encode
+        self._reduce_and_project = reduce_and_project
+        self._encode_and_project = clip_merging.encode_and_project
         self.encoder_stage = Stage.VISION_ENCODER in self.spec.stages
         self.pre_llm = Stage.PRE_LLM in self.spec.stages
         self.vision_method = clip_merging.vision_part(config, self.geo) if self.encoder_stage else None
@@ -422,9 +427,7 @@ class MethodRunner:
             if self.encoder_stage:
                 _sync(self.device)
                 t = _now()
-                out, _ = self._encode(model.model.vision_tower, self.pixels, self.vision_method, self.geo)
-                patches = out.hidden_states[self.geo.vision_feature_layer][:, 1:]
-                feats = list(model.model.multi_modal_projector(patches))
+                feats, _, _ = self._encode_and_project(model.model, self.pixels, self.vision_method, self.geo)
                 _sync(self.device)
                 tower_s = vision_s = _now() - t
                 return feats, tower_s, vision_s, timer.seconds
@@ -435,12 +438,7 @@ class MethodRunner:
             _sync(self.device)
             t = _now()
             if self.pre_llm:
-                reduction = self.config.reduce(signals)
-                if reduction.projected:
-                    feats = list(reduction.features)
-                else:
-                    counts = [int(f.shape[0]) for f in reduction.features]
-                    feats = list(torch.split(model.model.multi_modal_projector(torch.cat(reduction.features)), counts))
+                feats, _ = self._reduce_and_project(self.config, signals, model.model.multi_modal_projector)
             else:
                 feats = list(model.model.multi_modal_projector(signals.patches))
             _sync(self.device)

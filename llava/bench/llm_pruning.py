@@ -44,26 +44,15 @@ IMAGE_TOKEN_ID = 32000
 
 def build_model(layers: int, dtype: torch.dtype):
     """LLaVA-1.5-7B-shaped decoder with ``layers`` layers, random weights, stub vision tower (never run)."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=336,
-        patch_size=14,
-    )
-    text = LlamaConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=layers,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS,
-        vocab_size=VOCAB,
-        max_position_embeddings=4096,
-    )
-    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID)
+    from llava.model.configs import clip_vision_config, llama_text_config, llava_config
+
+    vision = clip_vision_config(hidden=64, intermediate=128, layers=1, heads=2, image_size=336, patch_size=14,
+                                projection_dim=512)
+    text = llama_text_config(hidden=HIDDEN, intermediate=INTERMEDIATE, layers=layers, heads=HEADS, kv_heads=HEADS,
+                             vocab_size=VOCAB, pad_token_id=None, rms_norm_eps=1e-6)
+    cfg = llava_config(vision, text, image_token_id=IMAGE_TOKEN_ID)
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=dtype)
     return model.eval()

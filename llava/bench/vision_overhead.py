@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 import llava.compression as vtc  # noqa: E402
 from llava.bench.geometries import LLAVA_15_7B  # noqa: E402
+from llava.bench.latency import build_random_model  # noqa: E402
 from llava.compression.families.llava import collect_vision_signals  # noqa: E402
 
 PRE_TEXT, POST_TEXT = 35, 12
@@ -57,12 +58,8 @@ METHODS: list[tuple[str, dict]] = [  # every layer they read is in 20..23
 
 
 def build_model(llm_layers: int, dtype: torch.dtype):
-    from transformers import LlavaForConditionalGeneration
-
-    config = LLAVA_15_7B.replace(llm_layers=llm_layers).to_hf_config("sdpa")
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype)
-    return model.eval()
+    """LLaVA-1.5-7B's shape with ``llm_layers`` decoder layers, random weights (seed 0), on the CPU."""
+    return build_random_model(LLAVA_15_7B.replace(llm_layers=llm_layers), dtype, "cpu")
 
 
 def prompt(model, visual_tokens: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from llava.compression.families.decoder_pruning import KEPT_TOKEN_KEYS
 from llava.conversation import get_conversation
 from llava.mm_utils import tokenizer_image_token
+from llava.model.checkpoint import suppressed_token_ids
 
 
 @dataclass(frozen=True)
@@ -47,19 +48,6 @@ class GenerationSettings:
 class SampleResult:
     text: str
     trace: dict[str, Any] = field(default_factory=dict)
-
-
-def suppressed_token_ids(tokenizer, config) -> list[int]:
-    """Ids the original LLaVA vocabulary does not have: ``<image>``, the llava-hf ``<pad>`` and the rows
-    added to reach a multiple of 64. Suppressing them makes both checkpoint layouts decode identically and
-    keeps the placeholder token out of answers."""
-    vocab = config.text_config.vocab_size
-    ids = set(range(len(tokenizer), vocab))
-    ids.add(config.image_token_id)
-    pad = tokenizer.pad_token_id
-    if pad is not None and pad not in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
-        ids.add(pad)
-    return sorted(i for i in ids if i < vocab)
 
 
 def build_generation_config(settings: GenerationSettings, tokenizer, suppress_tokens: list[int]):

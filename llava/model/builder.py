@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from llava.mm_utils import build_image_processor
+from llava.model.checkpoint import check_loading_info, one_line
 from llava.model.original_layout import (
     CheckpointError,
     build_llava_config,
@@ -128,8 +129,8 @@ def load_pretrained_model(
                 model_path, output_loading_info=True, **load_kwargs
             )
         except Exception as err:  # e.g. SafetensorError: one line naming the folder, never a traceback
-            raise CheckpointError(f"cannot load the llava-hf checkpoint in {model_path}: {_one_line(err)}") from None
-        _check_loading_info(info, model_path)
+            raise CheckpointError(f"cannot load the llava-hf checkpoint in {model_path}: {one_line(err)}") from None
+        check_loading_info(info, model_path)
         image_size = model.config.vision_config.image_size
         processor_cfg = _read_json(os.path.join(model_path, "preprocessor_config.json"))
     else:
@@ -146,7 +147,7 @@ def load_pretrained_model(
         model, info = LlavaForConditionalGeneration.from_pretrained(
             None, config=llava_config, state_dict=state, output_loading_info=True, **load_kwargs
         )
-        _check_loading_info(info, model_path)
+        check_loading_info(info, model_path)
         aspect = config.get("image_aspect_ratio", "square")
         image_size = llava_config.vision_config.image_size
         processor_cfg = _read_json(os.path.join(tower_path, "preprocessor_config.json"))
@@ -219,7 +220,7 @@ def _load_fast_tokenizer(folder: str):
         return AutoTokenizer.from_pretrained(folder, use_fast=True, config=LlamaConfig())
     except Exception as err:  # a damaged tokenizer.json / tokenizer_config.json: name it, never a traceback
         raise CheckpointError(
-            f"cannot read the tokenizer in {folder} ({path}): {_one_line(err)}; the file is damaged or incomplete, "
+            f"cannot read the tokenizer in {folder} ({path}): {one_line(err)}; the file is damaged or incomplete, "
             "copy it again from the checkpoint's release"
         ) from None
 
@@ -244,7 +245,7 @@ def load_sentencepiece_tokenizer(folder: str):
         )
     except Exception as err:  # sentencepiece reports a damaged model file as RuntimeError / OSError
         raise CheckpointError(
-            f"cannot read the SentencePiece tokenizer {path}: {_one_line(err)}; the file is damaged or incomplete, "
+            f"cannot read the SentencePiece tokenizer {path}: {one_line(err)}; the file is damaged or incomplete, "
             "copy it again from the checkpoint's release"
         ) from None
     if settings.get("model_max_length"):
@@ -255,10 +256,6 @@ def load_sentencepiece_tokenizer(folder: str):
 def _token_text(value) -> str:
     """A special token of ``tokenizer_config.json``: a string or a serialized ``AddedToken``."""
     return value["content"] if isinstance(value, dict) else str(value)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _check_special_tokens(tokenizer, config, model_path: str) -> None:
@@ -272,17 +269,6 @@ def _check_special_tokens(tokenizer, config, model_path: str) -> None:
     if tokenizer.pad_token_id == image_id:
         raise CheckpointError(
             f"the tokenizer in {model_path} pads with the image token id {image_id}; set a distinct pad token"
-        )
-
-
-def _check_loading_info(info: dict, model_path: str) -> None:
-    missing = sorted(info.get("missing_keys") or [])
-    mismatched = info.get("mismatched_keys") or []
-    if mismatched:
-        raise CheckpointError(f"shape mismatch in {model_path}: {list(mismatched)[:5]}")
-    if missing:
-        raise CheckpointError(
-            f"weights missing from {model_path}: {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         )
 
 

@@ -169,46 +169,39 @@ def add_llava_tokens(tok):
     return tok
 
 
-
 def build_llava_config(g: TinyGeometry = TINY):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    """The ``LlavaConfig`` of the tiny model (llava-hf conventions: ``<image>`` = V, ``<pad>`` = V + 1)."""
+    from llava.model.configs import clip_vision_config, llama_text_config, llava_config
 
-    vision = CLIPVisionConfig(
-        hidden_size=g.vision_hidden,
-        intermediate_size=g.vision_intermediate,
-        num_hidden_layers=g.vision_layers,
-        num_attention_heads=g.vision_heads,
+    vision = clip_vision_config(
+        hidden=g.vision_hidden,
+        intermediate=g.vision_intermediate,
+        layers=g.vision_layers,
+        heads=g.vision_heads,
         image_size=g.image_size,
         patch_size=g.patch_size,
-        hidden_act="quick_gelu",
-        layer_norm_eps=1e-5,
         projection_dim=g.vision_hidden,
     )
-    text = LlamaConfig(
-        hidden_size=g.text_hidden,
-        intermediate_size=g.text_intermediate,
-        num_hidden_layers=g.text_layers,
-        num_attention_heads=g.text_heads,
-        num_key_value_heads=g.text_kv_heads,
+    text = llama_text_config(
+        hidden=g.text_hidden,
+        intermediate=g.text_intermediate,
+        layers=g.text_layers,
+        heads=g.text_heads,
+        kv_heads=g.text_kv_heads,
         vocab_size=padded_vocab(g.base_vocab),
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        initializer_range=g.text_init_range,
-        bos_token_id=1,
-        eos_token_id=2,
         pad_token_id=g.base_vocab + 1,
-        tie_word_embeddings=False,
+        init_range=g.text_init_range,
     )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=g.base_vocab,
-        image_seq_length=(g.image_size // g.patch_size) ** 2,
-        projector_hidden_act="gelu",
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        multimodal_projector_bias=True,
-    )
+    return llava_config(vision, text, image_token_id=g.base_vocab)
+
+
+def sharpen_attention(vision_tower, scale: float) -> None:
+    """Scale the q and k projections of every encoder layer by ``scale`` (in place), so that a random tower's
+    attention is peaked, not flat, and [CLS]-attention scores rank patches (platform pitfall 13)."""
+    with torch.no_grad():
+        for layer in vision_tower.encoder.layers:
+            layer.self_attn.q_proj.weight.mul_(scale)
+            layer.self_attn.k_proj.weight.mul_(scale)
 
 
 def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY) -> dict[str, torch.Tensor]:
@@ -222,10 +215,8 @@ def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY) -> dict[str, to
     torch.manual_seed(seed)
     try:
         model = LlavaForConditionalGeneration._from_config(config, dtype=torch.float32)
+        sharpen_attention(model.model.vision_tower, g.qk_scale)
         with torch.no_grad():
-            for layer in model.model.vision_tower.encoder.layers:
-                layer.self_attn.q_proj.weight.mul_(g.qk_scale)
-                layer.self_attn.k_proj.weight.mul_(g.qk_scale)
             # rows that the original vocabulary does not have are zero in both layouts
             model.model.language_model.embed_tokens.weight[g.base_vocab :].zero_()
             model.lm_head.weight[g.base_vocab :].zero_()

@@ -111,3 +111,57 @@ def test_plot_with_accuracy_panel(tmp_path):
     out = tmp_path / "p.png"
     L.plot(results, str(out), str(root))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("method, args", [("fastervlm", {"visual_token_num": 64}), ("tome", {"visual_token_num": 64})])
+def test_harness_features_are_the_family_features(tiny, method, args):
+    """The image features the harness times are the ones the LLaVA family itself gives with the method applied
+    (pre-LLM: reduce-and-project; in-encoder: merging tower, then the projector)."""
+    import llava.compression as vtc
+
+    g, model = tiny
+    settings = L.Settings(repeats=1, warmup=0, new_tokens=2, text_tokens=TEXT, shared_tower=False)
+    inputs = L.make_inputs(model, g, 2, TEXT)
+    config = F.build_config(method, g, args)
+    runner = L.MethodRunner(model, g, config, inputs, settings)
+    try:
+        feats = runner.encode()[0]
+    finally:
+        runner.close()
+    vtc.apply(model, config)
+    try:
+        with torch.no_grad():
+            expected = model.model.get_image_features(pixel_values=inputs[2]).pooler_output
+    finally:
+        vtc.remove(model)
+    assert [f.shape for f in feats] == [f.shape for f in expected] and len(feats) == 2
+    assert all(torch.equal(a, b) for a, b in zip(feats, expected))
+
+
+def test_harness_runs_the_family_stage_functions(tiny, monkeypatch):
+    """The harness calls ``families.llava.reduce_and_project`` / ``families.clip_merging.encode_and_project`` (one
+    implementation of reduce-and-project), not a copy of them."""
+    from llava.compression.families import clip_merging
+    from llava.compression.families import llava as family
+
+    calls = []
+
+    def counting(name, fn):
+        def wrapper(*a, **kw):
+            calls.append(name)
+            return fn(*a, **kw)
+
+        return wrapper
+
+    monkeypatch.setattr(family, "reduce_and_project", counting("reduce", family.reduce_and_project))
+    monkeypatch.setattr(clip_merging, "encode_and_project", counting("encode", clip_merging.encode_and_project))
+    g, model = tiny
+    settings = L.Settings(repeats=1, warmup=0, new_tokens=2, text_tokens=TEXT, shared_tower=False)
+    inputs = L.make_inputs(model, g, 1, TEXT)
+    for method, args in (("fastervlm", {"visual_token_num": 64}), ("tome", {"visual_token_num": 64})):
+        runner = L.MethodRunner(model, g, F.build_config(method, g, args), inputs, settings)
+        try:
+            runner.encode()
+        finally:
+            runner.close()
+    assert calls == ["reduce", "encode"]

@@ -9,7 +9,11 @@ the text model uses ``initializer_range=0.3`` so greedy generation is not degene
 from __future__ import annotations
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+from llava.eval.inference import left_pad as left_pad_ids
+from llava.model.configs import clip_vision_config, llama_text_config, llava_config
+from llava.model.tiny import sharpen_attention
 
 IMAGE_TOKEN_ID = 299
 PAD_TOKEN_ID = 0
@@ -18,32 +22,11 @@ QK_SCALE = 4.0
 
 
 def tiny_llava_config() -> LlavaConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=24,
-        num_attention_heads=4,
-        image_size=336,
-        patch_size=14,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=300,
-        max_position_embeddings=2048,
-        initializer_range=0.3,
-        pad_token_id=PAD_TOKEN_ID,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=IMAGE_TOKEN_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    vision = clip_vision_config(hidden=64, intermediate=128, layers=24, heads=4, image_size=336, patch_size=14,
+                                projection_dim=512)
+    text = llama_text_config(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, vocab_size=300,
+                             pad_token_id=PAD_TOKEN_ID, init_range=0.3, max_positions=2048, rms_norm_eps=1e-6)
+    return llava_config(vision, text, image_token_id=IMAGE_TOKEN_ID)
 
 
 def build_tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
@@ -52,10 +35,7 @@ def build_tiny_llava(seed: int = 0) -> LlavaForConditionalGeneration:
     model = LlavaForConditionalGeneration._from_config(
         tiny_llava_config(), attn_implementation="sdpa", dtype=torch.float32
     )
-    with torch.no_grad():
-        for layer in model.model.vision_tower.encoder.layers:
-            layer.self_attn.q_proj.weight.mul_(QK_SCALE)
-            layer.self_attn.k_proj.weight.mul_(QK_SCALE)
+    sharpen_attention(model.model.vision_tower, QK_SCALE)
     model.generation_config.pad_token_id = PAD_TOKEN_ID
     return model.eval()
 
@@ -74,10 +54,4 @@ def make_prompts(with_image: list[bool], seed: int = 0) -> tuple[torch.Tensor, t
         post = torch.randint(1, IMAGE_TOKEN_ID, (5 + 2 * i,), generator=g)
         run = torch.full((NUM_PATCHES if img else 0,), IMAGE_TOKEN_ID)
         rows.append(torch.cat([pre, run, post]))
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD_TOKEN_ID)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
+    return left_pad_ids([r.tolist() for r in rows], PAD_TOKEN_ID, torch.device("cpu"))

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.compression.registry import ModelGeometry
+from llava.eval.inference import left_pad as left_pad_ids
+from llava.model.configs import clip_vision_config, llama_text_config
+from llava.model.configs import llava_config as build_llava_config
 
 IMAGE_TOKEN_ID = 299
 PAD_TOKEN_ID = 0
@@ -22,21 +25,11 @@ NUM_LAYERS = 4
 
 
 def llava_config(num_layers: int = NUM_LAYERS) -> LlavaConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=84, patch_size=14
-    )
-    text = LlamaConfig(
-        hidden_size=HIDDEN,
-        intermediate_size=128,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=300,
-        max_position_embeddings=512,
-        initializer_range=0.3,
-        pad_token_id=PAD_TOKEN_ID,
-    )
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_TOKEN_ID)
+    vision = clip_vision_config(hidden=32, intermediate=64, layers=1, heads=2, image_size=84, patch_size=14,
+                                projection_dim=512)
+    text = llama_text_config(hidden=HIDDEN, intermediate=128, layers=num_layers, heads=4, kv_heads=2, vocab_size=300,
+                             pad_token_id=PAD_TOKEN_ID, init_range=0.3, max_positions=512, rms_norm_eps=1e-6)
+    return build_llava_config(vision, text, image_token_id=IMAGE_TOKEN_ID)
 
 
 def build_llava(seed: int = 0, num_layers: int = NUM_LAYERS, attn: str = "sdpa") -> LlavaForConditionalGeneration:
@@ -76,13 +69,7 @@ def make_rows(specs: list[tuple[int, bool, int]], seed: int = 0, n_visual: int =
 
 
 def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD_TOKEN_ID)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
+    return left_pad_ids([r.tolist() for r in rows], PAD_TOKEN_ID, torch.device("cpu"))
 
 
 def make_features(n_images: int, seed: int = 1, n_visual: int = NUM_VISUAL) -> list[torch.Tensor]:

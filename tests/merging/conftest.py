@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 import llava.compression as vtc
+from llava.eval.inference import left_pad as left_pad_ids
+from llava.model.configs import clip_vision_config, llama_text_config
+from llava.model.configs import llava_config as build_llava_config
+from llava.model.tiny import sharpen_attention
 
 IMAGE_TOKEN_ID = 299
 PAD_TOKEN_ID = 0
@@ -27,32 +31,11 @@ GEN = {"max_new_tokens": 5, "do_sample": False, "suppress_tokens": [IMAGE_TOKEN_
 
 
 def llava_config() -> LlavaConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=VISION_LAYERS,
-        num_attention_heads=2,
-        image_size=112,
-        patch_size=14,
-    )
-    text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=LLM_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=300,
-        max_position_embeddings=512,
-        initializer_range=0.3,
-        pad_token_id=PAD_TOKEN_ID,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=IMAGE_TOKEN_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
+    vision = clip_vision_config(hidden=32, intermediate=64, layers=VISION_LAYERS, heads=2, image_size=112, patch_size=14,
+                                projection_dim=512)
+    text = llama_text_config(hidden=64, intermediate=128, layers=LLM_LAYERS, heads=4, kv_heads=2, vocab_size=300,
+                             pad_token_id=PAD_TOKEN_ID, init_range=0.3, max_positions=512, rms_norm_eps=1e-6)
+    return build_llava_config(vision, text, image_token_id=IMAGE_TOKEN_ID)
 
 
 def build_model(seed: int = 0, attn: str = "sdpa") -> LlavaForConditionalGeneration:
@@ -61,10 +44,7 @@ def build_model(seed: int = 0, attn: str = "sdpa") -> LlavaForConditionalGenerat
     model = LlavaForConditionalGeneration._from_config(
         llava_config(), attn_implementation=attn, dtype=torch.float32
     )
-    with torch.no_grad():
-        for layer in model.model.vision_tower.encoder.layers:
-            layer.self_attn.q_proj.weight.mul_(QK_SCALE)
-            layer.self_attn.k_proj.weight.mul_(QK_SCALE)
+    sharpen_attention(model.model.vision_tower, QK_SCALE)
     model.generation_config.pad_token_id = PAD_TOKEN_ID
     model.generation_config.eos_token_id = None  # fixed-length greedy outputs, comparable token by token
     return model.eval()
@@ -85,13 +65,7 @@ def make_prompts(specs: list[tuple[int, bool, int]], seed: int = 0) -> tuple[tor
             parts.append(torch.full((NUM_PATCHES,), IMAGE_TOKEN_ID))
         parts.append(torch.randint(1, IMAGE_TOKEN_ID, (post,), generator=g))
         rows.append(torch.cat(parts))
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD_TOKEN_ID)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r) :] = r
-        mask[i, length - len(r) :] = 1
-    return ids, mask
+    return left_pad_ids([r.tolist() for r in rows], PAD_TOKEN_ID, torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")

@@ -55,6 +55,14 @@ import torch
 from llava.compression.registry import ModelGeometry
 from llava.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from llava.model.builder import load_tokenizer, resolve_device, resolve_dtype
+from llava.model.checkpoint import (  # noqa: F401  (suppressed_token_ids: re-exported for the generation module)
+    check_loading_info,
+    checkpoint_kind,
+    one_line,
+    pad_embedding_rows,
+    rename_original_llm_key,
+    suppressed_token_ids,
+)
 from llava.model.original_layout import (
     LLAMA_FIELDS,
     CheckpointError,
@@ -69,7 +77,6 @@ from videollava.model.processing import VIDEO_TRANSFORMS, VideoProcessor
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
 VIDEO_TOWER_PREFIX = "model.video_tower.video_tower."
 IMAGE_TOWER_PREFIX = "model.image_tower.image_tower."
 _CLIP_VISION_FIELDS = (
@@ -114,13 +121,14 @@ class VideoLoadedInfo:
 def detect_layout(config: dict, model_path: str = "") -> str:
     """``"hf"`` (``model_type "video_llava"``) or ``"original"`` (``mm_video_tower``); anything else raises."""
     path = os.path.join(model_path, "config.json")
-    if config.get("model_type") == "video_llava" or "video_token_index" in config:
+    kind = checkpoint_kind(config)
+    if kind == ("video_llava", "hf"):
         if "vision_config" not in config or "text_config" not in config:
             raise CheckpointError(f"{path} says model_type 'video_llava' but lacks 'vision_config' / 'text_config'")
         return "hf"
-    if "mm_video_tower" in config:
+    if kind == ("video_llava", "original"):
         return "original"
-    if ("vision_config" in config and "text_config" in config) or "mm_vision_tower" in config:
+    if kind is not None and kind[0] == "llava" and (kind[1] == "hf" or "mm_vision_tower" in config):
         raise CheckpointError(
             f"{path} is an image LLaVA checkpoint (model_type={config.get('model_type')!r}), not Video-LLaVA: it has "
             "no video tower. Load it with llava.model.builder.load_pretrained_model"
@@ -293,29 +301,12 @@ def _split_original_state(llm_state: dict[str, torch.Tensor], base_vocab: int):
     """Original shard keys -> (module-layout LLM + projector keys, embedded video tower, embedded image tower)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in llm_state.items():
-        if key.endswith("rotary_emb.inv_freq") or key.startswith((VIDEO_TOWER_PREFIX, IMAGE_TOWER_PREFIX)):
+        if key.startswith((VIDEO_TOWER_PREFIX, IMAGE_TOWER_PREFIX)):
             continue
-        if key.startswith("model.mm_projector."):
-            idx, tail = key[len("model.mm_projector.") :].split(".", 1)
-            if idx not in ("0", "2"):
-                raise CheckpointError(f"unexpected projector weight {key} (mlp2x_gelu has layers 0 and 2)")
-            out[f"model.multi_modal_projector.linear_{1 if idx == '0' else 2}.{tail}"] = value
-        elif key.startswith("model."):
-            out["model.language_model." + key[len("model.") :]] = value
-        elif key == "lm_head.weight":
-            out[key] = value
-    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-        if key in out:
-            out[key] = _pad_rows(out[key], video_padded_vocab(base_vocab), key)
+        if (renamed := rename_original_llm_key(key)) is not None:
+            out[renamed] = value
+    pad_embedding_rows(out, video_padded_vocab(base_vocab))
     return out, _strip_tower_keys(llm_state, VIDEO_TOWER_PREFIX), _strip_tower_keys(llm_state, IMAGE_TOWER_PREFIX)
-
-
-def _pad_rows(weight: torch.Tensor, rows: int, key: str) -> torch.Tensor:
-    if weight.shape[0] > rows:
-        raise CheckpointError(f"{key} has {weight.shape[0]} rows, more than the vocabulary size {rows}")
-    if weight.shape[0] == rows:
-        return weight
-    return torch.cat([weight, weight.new_zeros(rows - weight.shape[0], *weight.shape[1:])], dim=0)
 
 
 @dataclass
@@ -439,15 +430,14 @@ def load_pretrained_model(
                 model_path, output_loading_info=True, **load_kwargs
             )
         except Exception as err:  # e.g. SafetensorError: one line naming the folder, never a traceback
-            message = " ".join(str(err).split()) or type(err).__name__
-            raise CheckpointError(f"cannot load the Video-LLaVA (hf) checkpoint in {model_path}: {message}") from None
+            raise CheckpointError(f"cannot load the Video-LLaVA (hf) checkpoint in {model_path}: {one_line(err)}") from None
         unexpected = [k for k in loading.get("unexpected_keys") or [] if "temporal" in k]
         if unexpected:
             raise CheckpointError(
                 f"{model_path} holds temporal-attention weights ({unexpected[:3]}) that the transformers port "
                 "cannot use; convert it to the original layout or load the original checkpoint"
             )
-        _check_loading_info(loading, model_path)
+        check_loading_info(loading, model_path)
         info = VideoLoadedInfo("hf", model_path, False, DEFAULT_NUM_FRAMES, None, None, "checkpoint", "checkpoint")
     else:
         base_vocab = int(config["vocab_size"])
@@ -479,7 +469,7 @@ def load_pretrained_model(
         model, loading = VideoLlavaTemporalForConditionalGeneration.from_pretrained(
             None, config=llava_config, state_dict=state, output_loading_info=True, **load_kwargs
         )
-        _check_loading_info(loading, model_path)
+        check_loading_info(loading, model_path)
         dropped = sorted(k for k in loading.get("unexpected_keys") or [] if k.startswith(tuple(sources)))
         if dropped:  # e.g. unmerged LoRA tensors: never drop tower weights silently
             raise CheckpointError(
@@ -508,17 +498,6 @@ def load_pretrained_model(
     return tokenizer, model, processor, context_len
 
 
-def _check_loading_info(info: dict, model_path: str) -> None:
-    missing = sorted(info.get("missing_keys") or [])
-    mismatched = info.get("mismatched_keys") or []
-    if mismatched:
-        raise CheckpointError(f"shape mismatch in {model_path}: {list(mismatched)[:5]}")
-    if missing:
-        raise CheckpointError(
-            f"weights missing from {model_path}: {missing[:5]}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        )
-
-
 def _check_special_tokens(tokenizer, config, model_path: str) -> None:
     vocab = tokenizer.get_vocab()
     for name, expected in (("<image>", config.image_token_id), ("<video>", config.video_token_id)):
@@ -529,18 +508,6 @@ def _check_special_tokens(tokenizer, config, model_path: str) -> None:
             )
     if tokenizer.pad_token_id in (config.image_token_id, config.video_token_id):
         raise CheckpointError(f"the tokenizer in {model_path} pads with a placeholder id ({tokenizer.pad_token_id})")
-
-
-def suppressed_token_ids(tokenizer, config) -> list[int]:
-    """Ids never to generate: ``<image>``, ``<video>``, the port's ``<pad>`` and the rows added to reach a multiple
-    of 64 (so both layouts decode identically and placeholders never appear in answers)."""
-    vocab = config.text_config.vocab_size
-    ids = set(range(len(tokenizer), vocab))
-    ids.update({config.image_token_id, config.video_token_id})
-    pad = tokenizer.pad_token_id
-    if pad is not None and pad not in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
-        ids.add(pad)
-    return sorted(i for i in ids if i < vocab)
 
 
 def read_video_model_geometry(model_path: str, video_tower: str | None = None) -> ModelGeometry:

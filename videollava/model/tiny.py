@@ -38,6 +38,7 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_PAD_TOKEN
 from llava.model.tiny import (
     build_base_tokenizer,
     preprocessor_config,
+    sharpen_attention,
     write_json,
     write_sentencepiece_tokenizer,
 )
@@ -141,11 +142,9 @@ def build_tiny_state_dict(seed: int = 0, temporal: str = "zero", g: TinyVideoGeo
     torch.manual_seed(seed)
     try:
         model = VideoLlavaTemporalForConditionalGeneration._from_config(build_tiny_config(g), dtype=torch.float32)
+        video, image = model.model.video_tower, model.model.image_tower
+        sharpen_attention(video, g.qk_scale)
         with torch.no_grad():
-            video, image = model.model.video_tower, model.model.image_tower
-            for layer in video.encoder.layers:
-                layer.self_attn.q_proj.weight.mul_(g.qk_scale)
-                layer.self_attn.k_proj.weight.mul_(g.qk_scale)
             # as in the released checkpoint the towers share every spatial weight but these
             own = ("embeddings.class_embedding", "post_layernorm.weight", "post_layernorm.bias")
             image_sd = {k: v for k, v in video.state_dict().items() if ".temporal_" not in k and k not in own}

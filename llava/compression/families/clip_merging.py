@@ -112,6 +112,23 @@ def encode(
     return out, tokens
 
 
+def encode_and_project(
+    base: Any,
+    pixel_values: torch.Tensor,
+    method: VisionEncoderMethod,
+    geometry: ModelGeometry,
+    **tower_kwargs: Any,
+) -> tuple[list[torch.Tensor], Any, EncoderTokens]:
+    """The in-encoder stage of a ``LlavaModel`` ``base``: :func:`encode` its tower with ``method`` merging, then its
+    projector on the feature layer's merged patch tokens ([CLS] dropped).
+
+    Returns ``(per-image [k, D] features, tower output, EncoderTokens)``.
+    """
+    out, tokens = encode(base.vision_tower, pixel_values, method, geometry, **tower_kwargs)
+    patches = out.hidden_states[geometry.vision_feature_layer][:, 1:]
+    return list(base.multi_modal_projector(patches)), out, tokens
+
+
 # -- internals --------------------------------------------------------------------------------------------------------
 
 
@@ -214,9 +231,7 @@ def _get_image_features(
     if image_sizes is not None:
         raise ValueError("image_sizes (variable-size images) is not supported with compression")
     method = vision_part(state.config, geometry)
-    out, tokens = encode(self.vision_tower, pixel_values, method, geometry, **kwargs)
-    patches = out.hidden_states[geometry.vision_feature_layer][:, 1:]
-    feats = list(self.multi_modal_projector(patches))
+    feats, out, tokens = encode_and_project(self, pixel_values, method, geometry, **kwargs)
     extras = method.trace_extras()
     traces = [{**tokens.trace(i), **extras} for i in range(len(feats))]
     state.last_trace = traces
