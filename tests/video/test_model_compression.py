@@ -218,3 +218,27 @@ def test_sampling_is_seeded(loaded, videos):
     a = gen.generate(["what?"], [videos[0]], hot, seed=11)[0].text
     b = gen.generate(["what?"], [videos[0]], hot, seed=11)[0].text
     assert a == b
+
+
+def test_llava_compression_apply_finds_the_video_family_through_its_entry_point(loaded, videos, monkeypatch):
+    """``llava.compression.apply`` on a Video-LLaVA model whose family was never registered in this process: the
+    registry loads it from the ``vtc_toolkit.families`` entry point (as pyproject.toml declares it)."""
+    import importlib.metadata
+
+    from llava.compression import families
+
+    _, model = loaded
+    monkeypatch.setattr(families, "_FAMILIES", {k: v for k, v in families._FAMILIES.items() if k != "video-llava"})
+    point = importlib.metadata.EntryPoint(name="video-llava", value="videollava.model.family:FAMILY",
+                                          group=families.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [point] if kw.get("group") == families.ENTRY_POINT_GROUP else [])
+    vtc.apply(model, "fastervlm", visual_token_num=4, budget_mode="global", keep_cls=True)
+    assert families.family_for(model).name == "video-llava"
+    assert vtc.describe(model) == {"method": "fastervlm", "method_args": vtc.applied_config(model).to_dict(),
+                                   "stage": "pre_llm", "budget_mode": "global", "keep_cls": True}
+    with torch.no_grad():
+        out = model.model.get_video_features(pixel_values_videos=videos[:1])
+    assert out.compression_trace[0]["visual_tokens"] == 8 * 5 and vtc.last_trace(model) == out.compression_trace
+    vtc.remove(model)
+    assert applied_state(model) is None and vtc.applied_config(model).name == "none"

@@ -82,8 +82,12 @@ def _first_supporting(model: Any) -> Family | None:
 
 
 def _load_builtin_families() -> None:
-    for module in BUILTIN_FAMILY_MODULES:
-        importlib.import_module(module)
+    """Import the built-in family modules; each has its registered family as ``FAMILY`` (re-registered if the
+    registry no longer holds it)."""
+    for name in BUILTIN_FAMILY_MODULES:
+        family = importlib.import_module(name).FAMILY
+        if _FAMILIES.get(family.name) is not family:
+            register_family(family)
 
 
 def _load_entry_point_families() -> None:

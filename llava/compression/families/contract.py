@@ -65,13 +65,16 @@ class Family:
         missing_stages = [s.value for s in spec.stages if s not in self.stages]
         if missing_stages:
             return (
-                f"method {spec.name!r} acts at stage(s) {missing_stages}, which the {self.name} family does not "
-                f"integrate (it integrates {[s.value for s in self.stages]})"
+                f"method {spec.name!r} acts at stage(s) {missing_stages}, which the model family {self.name!r} does "
+                f"not integrate (it integrates {[s.value for s in self.stages]})"
             )
         missing = sorted(spec.requires - self.provides)
         if missing:
             needs = ", ".join(REQUIREMENTS[m] for m in missing)
-            return f"method {spec.name!r} needs {needs} (requires {missing}), which the {self.name} family lacks"
+            return (
+                f"method {spec.name!r} needs {needs} (requires {missing}), which the model family {self.name!r} "
+                "does not have"
+            )
         return None
 
     def geometry(self, model: Any) -> ModelGeometry:
