@@ -37,7 +37,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from llava.compression.families import register_family
 from llava.compression.families.contract import Family
 from llava.compression.placeholders import find_image_spans, restore_prompts, shrink_placeholder_runs
-from llava.compression.pre_llm import PreLLMMethod, VisionSignals
+from llava.compression.pre_llm import PreLLMMethod, Reduction, VisionSignals
 from llava.compression.registry import (
     CompressionConfigError,
     MethodConfig,
@@ -330,6 +330,22 @@ def collect_vision_signals(
     return signals, out
 
 
+def reduce_and_project(
+    config: PreLLMMethod, signals: VisionSignals, projector: torch.nn.Module
+) -> tuple[list[torch.Tensor], Reduction]:
+    """The pre-LLM stage after the tower: ``config.reduce(signals)``, then ``projector`` on the kept tokens of all
+    images in one call (unless the method already projected them).
+
+    Returns ``(per-image [k_i, D] features, the reduction)``.
+    """
+    reduction = config.reduce(signals)
+    if reduction.projected:
+        return list(reduction.features), reduction
+    counts = [int(f.shape[0]) for f in reduction.features]
+    projected = projector(torch.cat(reduction.features))
+    return list(torch.split(projected, counts)), reduction
+
+
 def _get_image_features(
     self,
     pixel_values: torch.Tensor,
@@ -353,13 +369,7 @@ def _get_image_features(
     signals, out = collect_vision_signals(
         self, pixel_values, state.layers, with_image_keys=state.config.needs_image_keys, **kwargs
     )
-    reduction = state.config.reduce(signals)
-    if reduction.projected:
-        feats = list(reduction.features)
-    else:
-        counts = [int(f.shape[0]) for f in reduction.features]
-        projected = self.multi_modal_projector(torch.cat(reduction.features))
-        feats = list(torch.split(projected, counts))
+    feats, reduction = reduce_and_project(state.config, signals, self.multi_modal_projector)
     traces = [reduction.trace(i) for i in range(len(feats))]
     state.last_trace = traces
     return CompressedImageFeatures(
