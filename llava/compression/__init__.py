@@ -8,8 +8,9 @@ Entry points for evaluation code::
     vtc.last_trace(model)   # [{"visual_tokens": 64, "kept_indices": [...], "row": 0}, ...]
     vtc.remove(model)
 
-``apply``/``remove``/``model_geometry``/``last_trace``/``prepare_multimodal_inputs`` dispatch to the model family's
-integration (``llava.compression.families``), imported lazily so that the pure parts load without transformers.
+``apply``/``remove``/``model_geometry``/``last_trace``/``applied_config``/``describe``/``prepare_multimodal_inputs``
+dispatch to the model's family (``llava.compression.families``: LLaVA-1.5 built in, Video-LLaVA registered by
+``videollava``), imported lazily so that the pure parts load without transformers.
 """
 
 from __future__ import annotations
@@ -32,69 +33,73 @@ from llava.compression.registry import (
 )
 
 
-def apply(model: Any, method: str | MethodConfig, **method_kwargs: Any) -> Any:
+def apply(model: Any, method: str | MethodConfig, **options: Any) -> Any:
     """Apply ``method`` (name + arguments, or a config) to this model instance; ``"none"`` removes any method.
 
-    Validates the arguments against the model's geometry first (:class:`CompressionConfigError`). Returns ``model``.
+    Dispatches on the model's family (:func:`llava.compression.families.family_for`): LLaVA-1.5, Video-LLaVA (its
+    ``budget_mode`` / ``keep_cls`` options are keyword arguments here too) and any registered family. Validates the
+    arguments against the family's geometry first (:class:`CompressionConfigError`). Returns ``model``.
     """
-    from llava.compression.families import integration_for
+    from llava.compression.families import NoFamilyError, family_for
 
-    if isinstance(method, str) and get_method(method).config_cls is get_method("none").config_cls:
-        make_config(method, None, **method_kwargs)  # still rejects stray arguments
-        remove(model)
-        return model
-    return integration_for(model).apply(model, method, **method_kwargs)
+    try:
+        family = family_for(model)
+    except NoFamilyError:
+        if isinstance(method, str) and not get_method(method).stages:  # "none" on any model: nothing to remove
+            make_config(method, None, **options)  # still rejects stray arguments
+            return model
+        raise
+    return family.apply(model, method, **options)
 
 
 def remove(model: Any) -> Any:
     """Restore the unmodified model (no-op when nothing was applied). Returns ``model``."""
-    from llava.compression.families import integration_for
-
-    try:
-        integration = integration_for(model)
-    except TypeError:
-        return model
-    return integration.remove(model)
+    family = _family_or_none(model)
+    return model if family is None else family.remove(model)
 
 
 def model_geometry(model: Any) -> ModelGeometry:
-    """Patch count, grid, encoder / LLM layer counts and feature layer of ``model``, from its config."""
-    from llava.compression.families import integration_for
+    """Patch count, grid, [CLS], encoder / LLM layer counts and feature layer of one visual unit of ``model``."""
+    from llava.compression.families import family_for
 
-    return integration_for(model).model_geometry(model)
+    return family_for(model).geometry(model)
 
 
 def last_trace(model: Any) -> list[dict[str, Any]] | None:
-    """Per-image traces of the last image encoding of ``model`` (``None`` when no method is applied)."""
-    from llava.compression.families import integration_for
-
-    try:
-        integration = integration_for(model)
-    except TypeError:
-        return None
-    return integration.last_trace(model)
+    """Per-unit traces of the last visual encoding of ``model`` (``None`` when no method is applied)."""
+    family = _family_or_none(model)
+    return None if family is None else family.last_trace(model)
 
 
 def applied_config(model: Any) -> MethodConfig:
     """The method config currently applied to ``model`` (the ``none`` config when nothing is)."""
-    from llava.compression.families import integration_for
+    family = _family_or_none(model)
+    return make_config("none") if family is None else family.applied_config(model)
 
-    try:
-        integration = integration_for(model)
-    except TypeError:
-        return make_config("none")
-    return integration.applied_config(model)
+
+def describe(model: Any) -> dict[str, Any]:
+    """``{"family", "method", "method_args", ...}`` of what is applied to ``model`` (family options included)."""
+    from llava.compression.families import family_for
+
+    return family_for(model).describe(model)
 
 
 def prepare_multimodal_inputs(
     model: Any, input_ids: Any, attention_mask: Any, pixel_values: Any, **kwargs: Any
 ):
-    """Encode images with the applied method and shrink the placeholder runs (for ``forward``); see the integration."""
-    from llava.compression.families import integration_for
+    """Encode images with the applied method and shrink the placeholder runs (for ``forward``); see the family."""
+    from llava.compression.families import family_for
 
-    return integration_for(model).prepare_multimodal_inputs(
-        model, input_ids, attention_mask, pixel_values, **kwargs
-    )
+    return family_for(model).prepare_multimodal_inputs(model, input_ids, attention_mask, pixel_values, **kwargs)
+
+
+def _family_or_none(model: Any):
+    from llava.compression.families import NoFamilyError, family_for
+
+    try:
+        return family_for(model)
+    except NoFamilyError:
+        return None
 
 
 __all__ = [
@@ -108,6 +113,7 @@ __all__ = [
     "apply",
     "available_methods",
     "config_from_args",
+    "describe",
     "find_image_spans",
     "get_method",
     "last_trace",

@@ -22,15 +22,19 @@ class VisionSignals:
     """What the vision encoder gives a reducer for a batch of ``B`` images.
 
     Attributes:
-        tokens: ``[B, 1+N, C]`` hidden states of the feature layer (the ones LLaVA projects), [CLS] first.
+        tokens: ``[B, 1+N, C]`` hidden states of the feature layer (the ones LLaVA projects), [CLS] first; ``[B, N, C]``
+            when the family's encoder has no [CLS] token (``has_cls=False``).
         grid: ``(rows, cols)`` of the patch grid, ``rows * cols = N``, patches in raster order.
         feature_layer: 0-based encoder layer whose output ``tokens`` is (22 for LLaVA-1.5's CLIP-L).
         num_layers: encoder layers; num_heads: attention heads per layer.
-        queries: ``{layer: [B, 1, C]}`` the [CLS] row of ``q_proj``'s output for every probed layer.
+        queries: ``{layer: [B, 1, C]}`` the [CLS] row of ``q_proj``'s output for every probed layer (empty
+            without a [CLS] token).
         keys: ``{layer: [B, 1+N, C]}`` ``k_proj``'s output (all tokens) for every probed layer.
         project: the model's projector, ``[..., C] -> [..., D]``.
         image_keys: one integer per image derived from its pixels (same image -> same key, whatever the batch);
             lets per-image random choices be reproducible and batch-independent.
+        has_cls: whether ``tokens`` (and ``keys``) start with a [CLS] token. Methods that read the [CLS] attention
+            declare ``requires={"cls"}`` in their :class:`MethodSpec` and are refused on families without one.
     """
 
     tokens: torch.Tensor
@@ -42,6 +46,7 @@ class VisionSignals:
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     project: Callable[[torch.Tensor], torch.Tensor] | None = None
     image_keys: list[int] | None = None
+    has_cls: bool = True
 
     @property
     def batch_size(self) -> int:
@@ -49,12 +54,18 @@ class VisionSignals:
 
     @property
     def num_patches(self) -> int:
-        return self.tokens.shape[1] - 1
+        return self.tokens.shape[1] - (1 if self.has_cls else 0)
 
     @property
     def patches(self) -> torch.Tensor:
         """``[B, N, C]`` feature-layer patch tokens ([CLS] dropped), what LLaVA would project."""
-        return self.tokens[:, 1:]
+        return self.tokens[:, 1:] if self.has_cls else self.tokens
+
+    @property
+    def cls_tokens(self) -> torch.Tensor:
+        """``[B, 1, C]`` the feature layer's [CLS] token; a clear error when the family has none."""
+        self._require_cls()
+        return self.tokens[:, :1]
 
     def layer_keys(self, layer: int) -> torch.Tensor:
         """``[B, 1+N, C]`` keys of ``layer`` (must be a probed layer)."""
@@ -63,13 +74,22 @@ class VisionSignals:
 
     def cls_attention(self, layer: int) -> torch.Tensor:
         """``[B, H, 1+N]`` fp32 per-head [CLS] attention of ``layer`` (row 0 of its attention weights)."""
+        self._require_cls()
         self._require(layer)
         return primitives.cls_attention(self.queries[layer], self.keys[layer], self.num_heads)
 
     def cls_attention_single_head(self, layer: int) -> torch.Tensor:
         """``[B, 1+N]`` fp32 full-width single-head [CLS] attention of ``layer`` (PruMerge)."""
+        self._require_cls()
         self._require(layer)
         return primitives.cls_attention_single_head(self.queries[layer], self.keys[layer])
+
+    def _require_cls(self) -> None:
+        if not self.has_cls:
+            raise ValueError(
+                "these vision signals have no [CLS] token; a method reading it must declare requires={'cls'} in its "
+                "MethodSpec so that the registry refuses it on this family"
+            )
 
     def _require(self, layer: int) -> None:
         if layer not in self.keys or layer not in self.queries:

@@ -43,6 +43,9 @@ class ModelGeometry:
     vision_layers: number of vision-encoder layers (24 for CLIP-L).
     llm_layers: number of decoder layers of the language model (32 for 7B).
     vision_feature_layer: the vision layer whose hidden states feed the projector (-2).
+    has_cls: whether the vision encoder gives a [CLS] token (CLIP towers do; Qwen2.5-VL's does not). Methods whose
+        :attr:`MethodSpec.requires` holds ``"cls"`` are refused when it is ``False``.
+    family: name of the model family this geometry was read from (``""`` when not from a model); named in errors.
     """
 
     num_patches: int = 576
@@ -50,6 +53,12 @@ class ModelGeometry:
     vision_layers: int = 24
     llm_layers: int = 32
     vision_feature_layer: int = -2
+    has_cls: bool = True
+    family: str = ""
+
+    def provides(self) -> frozenset[str]:
+        """The capabilities a method may require (:data:`REQUIREMENTS`) that this geometry's model supplies."""
+        return frozenset({"cls"} if self.has_cls else ())
 
     @property
     def feature_layer(self) -> int:
@@ -96,13 +105,42 @@ class NoCompression(MethodConfig):
     name: ClassVar[str] = "none"
 
 
+# What a method may require of a model family (``MethodSpec.requires``), with the words an error uses for it.
+REQUIREMENTS = {"cls": "a [CLS] token in the vision encoder"}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method: its name, config class, stage(s), one-line summary, aliases and requirements.
+
+    requires: capabilities the method needs from the model family (keys of :data:`REQUIREMENTS`, e.g. ``"cls"``
+        for methods that score patches by the [CLS] token's attention).
+    """
+
     name: str
     config_cls: type[MethodConfig]
     stages: tuple[Stage, ...]
     summary: str
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    requires: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.requires) - set(REQUIREMENTS))
+        if unknown:
+            raise ValueError(f"method {self.name!r} requires unknown capabilities {unknown}; known: {sorted(REQUIREMENTS)}")
+        object.__setattr__(self, "requires", frozenset(self.requires))
+
+
+def check_requirements(spec: MethodSpec, geometry: ModelGeometry) -> None:
+    """Refuse ``spec`` on a model whose geometry lacks something the method requires (one clear error)."""
+    missing = sorted(spec.requires - geometry.provides())
+    if missing:
+        family = geometry.family or "this model"
+        needs = ", ".join(REQUIREMENTS[m] for m in missing)
+        raise CompressionConfigError(
+            f"method {spec.name!r} needs {needs} (requires {missing}), which the model family {family!r} does not "
+            "have; choose a method without that requirement (python -m llava.compression.families lists them)"
+        )
 
 
 # Flags that the evaluation entry points own (``--seed`` seeds sampling and every random draw). A method
@@ -163,6 +201,8 @@ def make_config(name: str, geometry: ModelGeometry | None = None, **kwargs: Any)
         raise CompressionConfigError(
             f"method {spec.name!r} takes no argument(s) {unknown}; its arguments are {sorted(valid) or 'none'}"
         )
+    if geometry is not None:
+        check_requirements(spec, geometry)
     check_budget_flags(spec, given)
     try:
         config = spec.config_cls(**given)

@@ -1,15 +1,17 @@
-"""Per-frame (and global) token compression on Video-LLaVA with the LanguageBind temporal tower."""
+"""Per-frame (and global) token compression on Video-LLaVA with the LanguageBind temporal tower, through
+``llava.compression.apply`` (the Video-LLaVA family)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import llava.compression as vtc
 from llava.compression import available_methods, get_method
 from llava.compression.registry import CompressionConfigError, Stage
 from llava.eval.inference import GenerationSettings
-from videollava.model import compression as vc
 from videollava.model.builder import load_pretrained_model
+from videollava.model.family import applied_state
 from videollava.model.generation import VideoLlavaGenerator
 from videollava.model.tiny import TinyVideoGeometry, write_original_layout
 
@@ -33,7 +35,7 @@ def videos():
 @pytest.fixture(autouse=True)
 def _clean(loaded):
     yield
-    vc.remove(loaded[1])
+    vtc.remove(loaded[1])
 
 
 def _feature_layer(model, videos):
@@ -59,7 +61,7 @@ def _feature_layer(model, videos):
 def test_per_frame_budget_keeps_L_per_frame_in_raster_order(loaded, videos):
     tok, model = loaded
     L = 16
-    vc.apply(model, "fastervlm", visual_token_num=L)
+    vtc.apply(model, "fastervlm", visual_token_num=L)
     with torch.no_grad():
         out = model.model.get_video_features(pixel_values_videos=videos)
     hs, attn = _feature_layer(model, videos)
@@ -85,7 +87,7 @@ def test_keep_all_equals_no_compression(loaded, videos):
     with torch.no_grad():
         ref = model.model.get_video_features(pixel_values_videos=videos).pooler_output
     (base,) = gen.generate(["what is the man doing?"], [videos[0]], SETTINGS)
-    vc.apply(model, "fastervlm", visual_token_num=256, keep_cls=True)
+    vtc.apply(model, "fastervlm", visual_token_num=256, keep_cls=True)
     with torch.no_grad():
         out = model.model.get_video_features(pixel_values_videos=videos)
     assert torch.allclose(out.pooler_output, ref, atol=1e-6)
@@ -93,7 +95,7 @@ def test_keep_all_equals_no_compression(loaded, videos):
     assert kept.text == base.text
     assert kept.trace["visual_tokens"] == base.trace["visual_tokens"] == 2056
     # FasterVLM's video count without the per-frame [CLS]: 8 x 256
-    vc.apply(model, "fastervlm", visual_token_num=256)
+    vtc.apply(model, "fastervlm", visual_token_num=256)
     with torch.no_grad():
         out = model.model.get_video_features(pixel_values_videos=videos)
     assert torch.allclose(out.pooler_output, ref[:, 1:], atol=1e-6)
@@ -103,7 +105,7 @@ def test_keep_cls_puts_each_frame_cls_first(loaded, videos):
     tok, model = loaded
     with torch.no_grad():
         ref = model.model.get_video_features(pixel_values_videos=videos).pooler_output  # [16, 257, D]
-    vc.apply(model, "fastervlm", visual_token_num=8, keep_cls=True)
+    vtc.apply(model, "fastervlm", visual_token_num=8, keep_cls=True)
     with torch.no_grad():
         out = model.model.get_video_features(pixel_values_videos=videos)
     assert out.pooler_output.shape == (16, 9, G.text_hidden)
@@ -114,7 +116,7 @@ def test_keep_cls_puts_each_frame_cls_first(loaded, videos):
 def test_global_budget(loaded, videos):
     tok, model = loaded
     L = 16
-    vc.apply(model, "fastervlm", visual_token_num=L, budget_mode="global")
+    vtc.apply(model, "fastervlm", visual_token_num=L, budget_mode="global")
     with torch.no_grad():
         out = model.model.get_video_features(pixel_values_videos=videos)
     _, attn = _feature_layer(model, videos)
@@ -138,7 +140,7 @@ def test_prumerge_plus_default_rule_is_refused_on_frames_with_the_fix_named(load
     """The VTC-CLS budget rule's constants are for LLaVA-1.5's 576 patches; a frame has 256."""
     _, model = loaded
     with pytest.raises(CompressionConfigError, match="defined for 576 patches.*--prumerge-budget-rule exact-count"):
-        vc.apply(model, "prumerge+", visual_token_num=16)
+        vtc.apply(model, "prumerge+", visual_token_num=16)
 # in-LLM methods on the 2-layer tiny LLM (pruning before layer 1); budgets are per video
 LLM_ARGS = {
     "fastv": {"fastv_k": 1, "visual_token_num": 512},
@@ -155,56 +157,56 @@ def test_every_registered_method_runs_or_is_refused(loaded, videos, method):
     stages = get_method(method).stages
     gen = VideoLlavaGenerator(tok, model)
     if stages == (Stage.PRE_LLM,):
-        vc.apply(model, method, **PRE_LLM_ARGS.get(method, {"visual_token_num": 16}))
+        vtc.apply(model, method, **PRE_LLM_ARGS.get(method, {"visual_token_num": 16}))
         (result,) = gen.generate(["what is it?"], [videos[0]], SETTINGS)
         trace = result.trace
         assert len(trace["tokens_per_frame"]) == 8 and sum(trace["tokens_per_frame"]) == trace["visual_tokens"] > 0
         assert trace["visual_tokens"] <= 8 * 16
     elif stages == (Stage.LLM,):
-        vc.apply(model, method, **LLM_ARGS[method])
+        vtc.apply(model, method, **LLM_ARGS[method])
         (result,) = gen.generate(["what is it?"], [videos[0]], SETTINGS)
         per_layer = result.trace["visual_tokens_per_layer"]
         assert result.trace["visual_tokens"] == per_layer[0] == 2056  # all frames' tokens enter the LLM
         assert per_layer[1] < 2056
     else:  # inside the vision encoder
         with pytest.raises(CompressionConfigError, match="only pre-LLM methods .* and in-LLM methods"):
-            vc.apply(model, method)
+            vtc.apply(model, method)
 
 
 def test_fastv_keep_all_equals_no_compression(loaded, videos):
     tok, model = loaded
     gen = VideoLlavaGenerator(tok, model)
     (base,) = gen.generate(["what?"], [videos[1]], SETTINGS)
-    vc.apply(model, "fastv", fastv_k=1, visual_token_num=2056)
+    vtc.apply(model, "fastv", fastv_k=1, visual_token_num=2056)
     hooks = len(model.model._forward_pre_hooks)
     (kept,) = gen.generate(["what?"], [videos[1]], SETTINGS)
     assert kept.text == base.text and kept.trace["visual_tokens_per_layer"] == [2056, 2056]
     with pytest.raises(CompressionConfigError, match="apply to pre-LLM methods"):
-        vc.apply(model, "fastv", fastv_k=1, visual_token_num=512, keep_cls=True)
-    vc.remove(model)
+        vtc.apply(model, "fastv", fastv_k=1, visual_token_num=512, keep_cls=True)
+    vtc.remove(model)
     assert "forward" not in model.model.language_model.__dict__
-    assert len(model.model._forward_pre_hooks) == hooks - 1 and vc.applied_state(model) is None
+    assert len(model.model._forward_pre_hooks) == hooks - 1 and applied_state(model) is None
 
 
 def test_invalid_video_configs(loaded):
     _, model = loaded
     with pytest.raises(CompressionConfigError, match="global is implemented for fastervlm only"):
-        vc.apply(model, "random", visual_token_num=8, budget_mode="global")
+        vtc.apply(model, "random", visual_token_num=8, budget_mode="global")
     with pytest.raises(CompressionConfigError, match="--visual-token-num must be between 1 and 256"):
-        vc.apply(model, "fastervlm", visual_token_num=257)
+        vtc.apply(model, "fastervlm", visual_token_num=257)
     with pytest.raises(CompressionConfigError, match="--budget-mode"):
-        vc.apply(model, "fastervlm", visual_token_num=8, budget_mode="per-video")
-    assert vc.applied_state(model) is None
+        vtc.apply(model, "fastervlm", visual_token_num=8, budget_mode="per-video")
+    assert applied_state(model) is None
 
 
 def test_apply_and_remove_are_per_instance(loaded, videos):
     tok, model = loaded
     cls_method = type(model.model).get_video_features
-    vc.apply(model, "fastervlm", visual_token_num=4)
+    vtc.apply(model, "fastervlm", visual_token_num=4)
     assert type(model.model).get_video_features is cls_method
-    assert vc.describe(model)["method"] == "fastervlm"
-    vc.apply(model, "none")
-    assert "get_video_features" not in model.model.__dict__ and vc.describe(model)["method"] == "none"
+    assert vtc.describe(model)["method"] == "fastervlm"
+    vtc.apply(model, "none")
+    assert "get_video_features" not in model.model.__dict__ and vtc.describe(model)["method"] == "none"
     with torch.no_grad():
         assert model.model.get_video_features(pixel_values_videos=videos[:1]).pooler_output.shape[1] == 257
 
@@ -216,3 +218,27 @@ def test_sampling_is_seeded(loaded, videos):
     a = gen.generate(["what?"], [videos[0]], hot, seed=11)[0].text
     b = gen.generate(["what?"], [videos[0]], hot, seed=11)[0].text
     assert a == b
+
+
+def test_llava_compression_apply_finds_the_video_family_through_its_entry_point(loaded, videos, monkeypatch):
+    """``llava.compression.apply`` on a Video-LLaVA model whose family was never registered in this process: the
+    registry loads it from the ``vtc_toolkit.families`` entry point (as pyproject.toml declares it)."""
+    import importlib.metadata
+
+    from llava.compression import families
+
+    _, model = loaded
+    monkeypatch.setattr(families, "_FAMILIES", {k: v for k, v in families._FAMILIES.items() if k != "video-llava"})
+    point = importlib.metadata.EntryPoint(name="video-llava", value="videollava.model.family:FAMILY",
+                                          group=families.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda **kw: [point] if kw.get("group") == families.ENTRY_POINT_GROUP else [])
+    vtc.apply(model, "fastervlm", visual_token_num=4, budget_mode="global", keep_cls=True)
+    assert families.family_for(model).name == "video-llava"
+    assert vtc.describe(model) == {"method": "fastervlm", "method_args": vtc.applied_config(model).to_dict(),
+                                   "stage": "pre_llm", "budget_mode": "global", "keep_cls": True}
+    with torch.no_grad():
+        out = model.model.get_video_features(pixel_values_videos=videos[:1])
+    assert out.compression_trace[0]["visual_tokens"] == 8 * 5 and vtc.last_trace(model) == out.compression_trace
+    vtc.remove(model)
+    assert applied_state(model) is None and vtc.applied_config(model).name == "none"

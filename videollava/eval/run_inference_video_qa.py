@@ -116,7 +116,7 @@ def batch_seed(seed: int, question_id: Any) -> int:
 
 
 def _validate(args: argparse.Namespace):
-    from videollava.model import compression as video_compression
+    from videollava.model import family as video_family
     from videollava.model.builder import read_video_model_geometry
 
     settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.num_beams)
@@ -125,10 +125,10 @@ def _validate(args: argparse.Namespace):
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
-    spec = video_compression.check_video_method(args.method, args.budget_mode, args.keep_cls)
+    spec = video_family.check_video_method(args.method, args.budget_mode, args.keep_cls)
     geometry = read_video_model_geometry(args.model_path, args.video_tower)
-    method = config_from_args(args, video_compression.method_geometry(spec, geometry))
-    method = video_compression.build_video_config(method, geometry, args.budget_mode, args.keep_cls)
+    method = config_from_args(args, video_family.method_geometry(spec, geometry))
+    method = video_family.build_video_config(method, geometry, args.budget_mode, args.keep_cls)
     if not os.path.isdir(args.video_dir):
         raise FileNotFoundError(f"--video-dir {args.video_dir} is not a folder")
     refuse_input_as_answers(answers_path(args), {"--gt-file-question": args.gt_file_question,
@@ -146,7 +146,7 @@ def answers_path(args: argparse.Namespace) -> str:
 
 def run_settings_metadata(args: argparse.Namespace, method) -> dict[str, Any]:
     """``metadata.run``: conversation mode and decoding, plus the budget mode and [CLS] choice of a pre-LLM
-    method (as :func:`videollava.model.compression.apply` resolves them)."""
+    method (as ``llava.compression.apply`` on the Video-LLaVA family resolves them)."""
     run = run_metadata(args.conv_mode, args.max_new_tokens, args.temperature, args.top_p, args.num_beams, args.seed)
     if isinstance(method, PreLLMMethod):
         run.update(budget_mode=args.budget_mode or "per-frame", keep_cls=bool(args.keep_cls))
@@ -180,7 +180,7 @@ def _key(item: VideoQAItem) -> str:
 def _answer(args: argparse.Namespace, todo: list[VideoQAItem], writer: AnswerWriter, settings: GenerationSettings,
             method, model_id: str, run_settings: dict[str, Any], answers_file: str) -> None:
     """Load the model and answer ``todo`` in order, appending each answer to ``writer``."""
-    from videollava.model import compression as video_compression
+    import llava.compression as vtc
     from videollava.model.builder import load_pretrained_model
     from videollava.model.generation import VideoLlavaGenerator
 
@@ -190,11 +190,11 @@ def _answer(args: argparse.Namespace, todo: list[VideoQAItem], writer: AnswerWri
         video_tower=args.video_tower, image_tower=args.image_tower, video_transform=args.video_transform,
         frame_backend=args.frame_backend, vision_hidden_act=args.vision_hidden_act,
     )
-    video_compression.apply(model, method, budget_mode=args.budget_mode, keep_cls=args.keep_cls)
+    vtc.apply(model, method, budget_mode=args.budget_mode, keep_cls=args.keep_cls)
     generator = VideoLlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
     info = model.videollava_load_info
     base_metadata = {
-        **video_compression.describe(model),
+        **vtc.describe(model),
         "run": run_settings,
         "frames": processor.to_dict(),
         "decoding": {"do_sample": settings.temperature > 0, "temperature": settings.temperature,

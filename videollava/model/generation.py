@@ -3,7 +3,7 @@
 For one batch of (question, video pixels ``[T, 3, 224, 224]``):
 
 1. the videos are encoded once with ``model.model.get_video_features`` (overridden per instance by
-   :func:`videollava.model.compression.apply` when a method is applied): one ``[n_v, D]`` tensor and one trace per
+   ``llava.compression.apply`` when a method is applied, see :mod:`videollava.model.family`): one ``[n_v, D]`` tensor and one trace per
    video, with the tokens each frame kept (257 per frame, [CLS] first, without compression);
 2. each prompt (``llava_v1``, ``<image>`` x T then ``\\n`` and the raw question) is tokenised chunk-wise around the
    ``<image>`` strings (:func:`llava.mm_utils.tokenizer_image_token`) and the t-th ``<image>`` becomes a run of
@@ -24,7 +24,7 @@ from llava.compression.families.decoder_pruning import KEPT_TOKEN_KEYS
 from llava.eval.inference import GenerationSettings, SampleResult, build_generation_config, left_pad
 from llava.mm_utils import tokenizer_image_token
 from videollava.model.builder import suppressed_token_ids
-from videollava.model.compression import llm_trace
+from videollava.model.family import llm_trace
 from videollava.model.processing import VIDEO_CONV_MODE, build_video_prompt
 
 

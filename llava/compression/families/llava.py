@@ -1,4 +1,9 @@
-"""Pre-LLM compression on transformers' ``LlavaForConditionalGeneration`` (5.23), per model instance.
+"""The LLaVA-1.5 family: transformers' ``LlavaForConditionalGeneration`` (5.23), one 24x24 grid + [CLS] per image.
+
+:data:`FAMILY` (a :class:`LlavaFamily`, registered on import) answers the family contract
+(``families/contract.py``); the module-level functions below are its stages, public for the other parts of the
+toolkit (in-encoder merging, the latency harness). In-encoder methods go to ``families/clip_merging.py``, in-LLM
+methods to the decoder engine ``families/decoder_pruning.py`` and pre-LLM methods run here:
 
 Nothing is patched at class level and no attention backend is switched:
 
@@ -29,6 +34,8 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from llava.compression.families import register_family
+from llava.compression.families.contract import Family
 from llava.compression.placeholders import find_image_spans, restore_prompts, shrink_placeholder_runs
 from llava.compression.pre_llm import PreLLMMethod, Reduction, VisionSignals
 from llava.compression.registry import (
@@ -39,9 +46,9 @@ from llava.compression.registry import (
     NoCompression,
     Stage,
     get_method,
-    make_config,
 )
 
+FAMILY_NAME = "llava-1.5"
 STATE_ATTR = "_vtc_compression_state"
 
 
@@ -89,6 +96,8 @@ def model_geometry(model: LlavaForConditionalGeneration | LlavaModel) -> ModelGe
         vision_layers=vc.num_hidden_layers,
         llm_layers=cfg.text_config.num_hidden_layers,
         vision_feature_layer=vfl,
+        has_cls=True,  # CLIP towers: [CLS] first, dropped by the 'default' feature select strategy
+        family=FAMILY_NAME,
     )
 
 
@@ -232,19 +241,7 @@ def prepare_multimodal_inputs(
 
 
 def _build_config(model: Any, method: str | MethodConfig, kwargs: dict[str, Any]) -> MethodConfig:
-    if isinstance(method, MethodConfig):
-        if kwargs:
-            raise CompressionConfigError(
-                "pass either a method config or a method name with arguments, not both"
-            )
-        if not isinstance(method, NoCompression):
-            method.validate(model_geometry(model))
-        return method
-    if not isinstance(method, str):
-        raise CompressionConfigError(f"method must be a name or a MethodConfig, got {type(method).__name__}")
-    if get_method(method).config_cls is NoCompression:
-        return make_config(method, None, **kwargs)
-    return make_config(method, model_geometry(model), **kwargs)
+    return FAMILY.build_config(model, method, **kwargs)
 
 
 def _state_of(model: Any) -> _State | None:
@@ -428,3 +425,73 @@ def _generate(self, inputs: torch.Tensor | None = None, *args: Any, **kwargs: An
         result.sequences = restore_prompts(result.sequences, input_ids, shrunk.shape[1])
     result.compression_trace = prepared["compression_trace"]
     return result
+
+
+def shrink_placeholders(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    counts: list[int],
+    pad_token_id: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrink each image's run of ``image_token_id`` placeholders to its kept count (re-padded on the left)."""
+    return shrink_placeholder_runs(
+        input_ids,
+        attention_mask,
+        model.config.image_token_id,
+        counts,
+        _pad_id(model, pad_token_id),
+        tokens_per_image=model_geometry(model).num_patches,
+    )
+
+
+class LlavaFamily(Family):
+    """LLaVA-1.5: one image = one 24x24 CLIP grid with a [CLS] token; 1-D positions; Llama decoder."""
+
+    name = FAMILY_NAME
+    stages = (Stage.VISION_ENCODER, Stage.PRE_LLM, Stage.LLM)
+    provides = frozenset({"cls"})
+
+    def supports(self, model: Any) -> bool:
+        return supports(model)
+
+    def geometry(self, model: Any) -> ModelGeometry:
+        return model_geometry(model)
+
+    def unit_geometries(self, model: Any, pixel_values: torch.Tensor | None = None, **inputs: Any) -> list[ModelGeometry]:
+        """The fixed grid (+ [CLS]) once per image of ``pixel_values`` (``[B, 3, H, W]``)."""
+        geometry = model_geometry(model)
+        return [geometry] * (0 if pixel_values is None else int(pixel_values.shape[0]))
+
+    def collect_vision_signals(self, model: Any, pixel_values: Any, layers: tuple[int, ...] = (), **options: Any):
+        return collect_vision_signals(model, pixel_values, layers, **options)
+
+    def shrink_placeholders(self, model, input_ids, attention_mask, counts, pad_token_id=None):
+        return shrink_placeholders(model, input_ids, attention_mask, counts, pad_token_id)
+
+    def language_model(self, model: Any) -> Any:
+        return model.model.language_model
+
+    def visual_token_id(self, model: Any) -> int:
+        return int(model.config.image_token_id)
+
+    def apply(self, model: Any, method: str | MethodConfig, **options: Any) -> Any:
+        return apply(model, method, **options)
+
+    def remove(self, model: Any) -> Any:
+        return remove(model)
+
+    def applied_config(self, model: Any) -> MethodConfig:
+        return applied_config(model)
+
+    def last_trace(self, model: Any) -> list[dict[str, Any]] | None:
+        return last_trace(model)
+
+    def model_geometry(self, model: Any) -> ModelGeometry:
+        return model_geometry(model)
+
+    def prepare_multimodal_inputs(self, model: Any, input_ids: Any, attention_mask: Any, pixel_values: Any, **kwargs: Any):
+        return prepare_multimodal_inputs(model, input_ids, attention_mask, pixel_values, **kwargs)
+
+
+FAMILY = register_family(LlavaFamily())

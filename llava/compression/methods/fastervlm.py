@@ -68,5 +68,6 @@ register(
         FasterVLMConfig,
         (Stage.PRE_LLM,),
         "top-T patches by the feature layer's head-mean [CLS] attention (FasterVLM)",
+        requires=frozenset({"cls"}),  # scores patches by the [CLS] token's attention
     )
 )

@@ -313,6 +313,7 @@ register(
         (Stage.PRE_LLM,),
         "IQR-outlier [CLS]-attention tokens merged with their key neighbours + 1 (LLaVA-PruMerge, training-free)",
         aliases=("llava_prumerge_base",),
+        requires=frozenset({"cls"}),  # scores patches by the [CLS] token's attention
     )
 )
 register(
@@ -322,5 +323,6 @@ register(
         (Stage.PRE_LLM,),
         "PruMerge plus spatially uniform tokens (PruMerge+, training-free)",
         aliases=("prumerge_plus", "prumerge-plus", "llava_prumerge"),
+        requires=frozenset({"cls"}),  # scores patches by the [CLS] token's attention
     )
 )

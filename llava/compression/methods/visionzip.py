@@ -195,5 +195,6 @@ register(
         VisionZipConfig,
         (Stage.PRE_LLM,),
         "dominant [CLS]-attention tokens + contextual key-similarity merges, T = D + C (VisionZip)",
+        requires=frozenset({"cls"}),  # scores patches by the [CLS] token's attention
     )
 )

@@ -122,5 +122,6 @@ register(
         (Stage.PRE_LLM,),
         "top-U patches by [CLS] attention ensembled over the last encoder layers (VTC-CLS)",
         aliases=("vtc_cls", "vtccls"),
+        requires=frozenset({"cls"}),  # scores patches by the [CLS] token's attention
     )
 )

@@ -1,4 +1,7 @@
-"""Token compression on Video-LLaVA, per model instance: pre-LLM methods frame by frame, in-LLM methods on the video.
+"""The Video-LLaVA family: token compression per model instance, pre-LLM methods frame by frame, in-LLM methods on
+the whole video. Registered (:data:`FAMILY`) on import of ``videollava.model`` and declared in the
+``vtc_toolkit.families`` entry-point group, so ``llava.compression.apply(video_model, method, budget_mode=...,
+keep_cls=...)`` reaches it without ``llava`` importing ``videollava``.
 
 **Pre-LLM methods** (``Stage.PRE_LLM``: FasterVLM, VTC-CLS, VisionZip, PruMerge(+), DivPrune, random, pool). Every
 frame of a video is one image to the method: the video tower runs once on the ``B*T`` frames, forward hooks on the
@@ -21,7 +24,7 @@ order. Budget modes:
 frame's [CLS] before its kept patches (``8 (L + 1)``; ``--visual-token-num 256`` with ``keep_cls`` is exactly the
 unpruned model). The choice is in every trace.
 
-:func:`apply` replaces ``model.model.get_video_features`` on the instance (nothing at class level). Its output's
+:meth:`VideoLlavaFamily.apply` replaces ``model.model.get_video_features`` on the instance (nothing at class level). Its output's
 ``pooler_output`` is a tensor as the port requires: ``[B*T, k, D]`` when every frame keeps ``k`` tokens, else
 ``[1, sum k, D]``; ``features_per_video`` lists each video's ``[n_v, D]`` tokens and ``compression_trace`` one dict per
 video (``visual_tokens``, ``tokens_per_frame``, ``keep_cls``, ``budget_mode``, ``kept_indices`` per frame, method
@@ -49,8 +52,11 @@ import torch
 from transformers import VideoLlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from llava.compression.families import register_family
+from llava.compression.families.contract import Family
 from llava.compression.families.llava import QKProbe, pixel_key
 from llava.compression.methods.fastervlm import FasterVLMConfig, cls_patch_scores
+from llava.compression.placeholders import shrink_placeholder_runs
 from llava.compression.pre_llm import PreLLMMethod, VisionSignals
 from llava.compression.primitives import topk_indices
 from llava.compression.registry import (
@@ -64,6 +70,7 @@ from llava.compression.registry import (
     make_config,
 )
 
+FAMILY_NAME = "video-llava"
 BUDGET_MODES = ("per-frame", "global")
 STATE_ATTR = "_vtc_video_compression_state"
 DEFAULT_NUM_FRAMES = 8
@@ -98,7 +105,8 @@ def video_model_geometry(model: Any) -> ModelGeometry:
     if not isinstance(vfl, int):
         raise CompressionConfigError(f"vision_feature_layer={vfl!r}: only a single feature layer is supported")
     return ModelGeometry(num_patches=side * side, grid=(side, side), vision_layers=vc.num_hidden_layers,
-                         llm_layers=cfg.text_config.num_hidden_layers, vision_feature_layer=vfl)
+                         llm_layers=cfg.text_config.num_hidden_layers, vision_feature_layer=vfl, has_cls=True,
+                         family=FAMILY_NAME)
 
 
 def _is_llm_method(spec: MethodSpec) -> bool:
@@ -164,7 +172,7 @@ def build_video_config(
     return make_config(method, geometry, **kwargs)
 
 
-def apply(
+def _apply(
     model: VideoLlavaForConditionalGeneration,
     method: str | MethodConfig,
     budget_mode: str | None = None,
@@ -172,6 +180,8 @@ def apply(
     **method_kwargs: Any,
 ) -> VideoLlavaForConditionalGeneration:
     """Compress ``model``'s video tokens with ``method`` (name + arguments, or a config); ``"none"`` removes it.
+
+    Reached through ``llava.compression.apply(model, method, budget_mode=..., keep_cls=..., **arguments)``.
 
     ``budget_mode`` (``per-frame`` when not given) and ``keep_cls`` (``False`` when not given) apply to pre-LLM
     methods only.
@@ -181,7 +191,7 @@ def apply(
     num_frames = _num_frames(model)
     config = build_video_config(method, video_model_geometry(model), budget_mode, keep_cls, num_frames,
                                 **method_kwargs)
-    remove(model)
+    _remove(model)
     if isinstance(config, NoCompression):
         return model
     spec = get_method(config.name)
@@ -201,8 +211,8 @@ def apply(
     return model
 
 
-def remove(model: Any) -> Any:
-    """Undo :func:`apply` (no-op when nothing is applied); returns ``model``."""
+def _remove(model: Any) -> Any:
+    """Undo :func:`_apply` (no-op when nothing is applied); returns ``model``."""
     base = getattr(model, "model", None)
     state = base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
     if state is None:
@@ -224,7 +234,7 @@ def applied_state(model: Any) -> VideoCompressionState | None:
     return base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
 
 
-def describe(model: Any) -> dict[str, Any]:
+def _describe(model: Any) -> dict[str, Any]:
     """``{"method", "method_args", "stage", "budget_mode", "keep_cls"}`` of what is applied (``none`` when nothing)."""
     state = applied_state(model)
     if state is None:
@@ -355,3 +365,90 @@ def _get_video_features(self, pixel_values_videos: torch.Tensor, vision_feature_
 
 def tokens_per_frame(trace: dict[str, Any]) -> list[int]:
     return list(trace["tokens_per_frame"])
+
+
+class VideoLlavaFamily(Family):
+    """Video-LLaVA: a video = 8 frames, each a 16x16 grid with a [CLS] token; 1-D positions; Llama decoder.
+
+    Family options of :meth:`apply`: ``budget_mode`` (``per-frame`` / ``global``) and ``keep_cls`` (pre-LLM methods).
+    In-encoder methods (ToMe, FiCoCo-V/VL) are not integrated on the video tower.
+    """
+
+    name = FAMILY_NAME
+    stages = (Stage.PRE_LLM, Stage.LLM)
+    provides = frozenset({"cls"})
+
+    def supports(self, model: Any) -> bool:
+        return isinstance(model, VideoLlavaForConditionalGeneration)
+
+    def refusal(self, spec: MethodSpec) -> str | None:
+        if any(s not in self.stages for s in spec.stages):
+            return (f"method {spec.name!r} acts at stage(s) {[s.value for s in spec.stages]}; on Video-LLaVA only "
+                    "pre-LLM methods (between the video tower and the projector) and in-LLM methods are integrated "
+                    "so far")
+        return super().refusal(spec)
+
+    def geometry(self, model: Any) -> ModelGeometry:
+        """Per-frame geometry (what pre-LLM methods validate against; in-LLM methods see the whole video)."""
+        return video_model_geometry(model)
+
+    def unit_geometries(self, model: Any, pixel_values_videos: torch.Tensor | None = None, **inputs: Any):
+        """One (identical) geometry per frame of ``pixel_values_videos`` (``[B, T, 3, H, W]``)."""
+        geometry = video_model_geometry(model)
+        return [] if pixel_values_videos is None else [geometry] * int(pixel_values_videos.shape[0] * pixel_values_videos.shape[1])
+
+    def build_config(self, model: Any, method: str | MethodConfig, budget_mode: str | None = None,
+                     keep_cls: bool | None = None, **arguments: Any) -> MethodConfig:
+        return build_video_config(method, video_model_geometry(model), budget_mode, keep_cls, _num_frames(model),
+                                  **arguments)
+
+    def collect_vision_signals(self, model: Any, pixel_values: torch.Tensor, layers: tuple[int, ...] = (),
+                               with_image_keys: bool = False, **options: Any):
+        """Signals of ``[B*T, 3, H, W]`` frames (one "image" per frame); ``(signals, None)``."""
+        return collect_frame_signals(model.model, pixel_values, tuple(layers), video_model_geometry(model),
+                                     with_keys=with_image_keys), None
+
+    def shrink_placeholders(self, model, input_ids, attention_mask, counts, pad_token_id=None):
+        """Shrink each video's ``<video>`` run (``T * (N + 1)`` ids) to ``counts[v]`` (the sum of its frames)."""
+        per_frame = video_model_geometry(model).num_patches + 1
+        pad = pad_token_id if pad_token_id is not None else (model.config.text_config.pad_token_id or 0)
+        return shrink_placeholder_runs(input_ids, attention_mask, model.config.video_token_id, counts, int(pad),
+                                       tokens_per_image=_num_frames(model) * per_frame)
+
+    def language_model(self, model: Any) -> Any:
+        return model.model.language_model
+
+    def visual_token_id(self, model: Any) -> int:
+        return int(model.config.video_token_id)
+
+    def apply(self, model: Any, method: str | MethodConfig, budget_mode: str | None = None,
+              keep_cls: bool | None = None, **arguments: Any) -> Any:
+        return _apply(model, method, budget_mode=budget_mode, keep_cls=keep_cls, **arguments)
+
+    def remove(self, model: Any) -> Any:
+        return _remove(model)
+
+    def applied_config(self, model: Any) -> MethodConfig:
+        state = applied_state(model)
+        return NoCompression() if state is None else state.config
+
+    def last_trace(self, model: Any) -> list[dict[str, Any]] | None:
+        """Per-video traces of the last encoding (pre-LLM methods) or the engine's per-row trace (in-LLM ones)."""
+        state = applied_state(model)
+        if state is None:
+            return None
+        if state.stage == "llm":
+            from llava.compression.families import decoder_pruning
+
+            return decoder_pruning.last_trace(model)
+        return state.last_trace
+
+    def describe(self, model: Any) -> dict[str, Any]:
+        """``{"method", "method_args", "stage", "budget_mode", "keep_cls"}`` (``none`` when nothing is applied)."""
+        return _describe(model)
+
+    def model_geometry(self, model: Any) -> ModelGeometry:
+        return video_model_geometry(model)
+
+
+FAMILY = register_family(VideoLlavaFamily())
