@@ -44,7 +44,7 @@ def test_traced_per_layer_counts_equal_the_token_schedule(model, name, variant):
     ids, mask, kw, _ = batch([(4, True, 12), (2, True, 14)])
     vtc.apply(model, name, **SCHEDULES[name][variant])
     model(input_ids=ids, attention_mask=mask, **kw)
-    trace = model.llm_compression_trace  # the engine's per-row trace of the last prefill (as tests/llm/test_engine.py)
+    trace = vtc.last_trace(model)  # the engine's per-row trace of the last prefill (as tests/llm/test_engine.py)
     expected = vtc.applied_config(model).token_schedule(geometry())
     assert expected[0] == NUM_VISUAL and expected[-1] < NUM_VISUAL  # the case really prunes
     assert [row["visual_tokens_per_layer"] for row in trace] == [expected, expected]

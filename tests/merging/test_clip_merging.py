@@ -231,3 +231,22 @@ def test_traced_encoder_counts_equal_the_token_schedule(model, pixels, key, args
         assert trace["vision_merge_layers"] == merging
         assert trace["vision_tokens_per_layer"] == [schedule[layer][1] - 1 for layer in merging]
         assert [trace["visual_tokens"]] * geometry.llm_layers == config.token_schedule(geometry)
+
+
+def test_copied_clip_layer_forward_is_pinned_to_the_installed_transformers():
+    """``_merging_layer_forward`` copies ``CLIPEncoderLayer.forward``: the installed source must be the one copied."""
+    import hashlib
+    import importlib
+    import inspect
+    import textwrap
+
+    from llava.compression.families.clip_merging import COPIED_FORWARD
+
+    dotted, pinned = COPIED_FORWARD
+    module_name, class_name, function_name = dotted.rsplit(".", 2)
+    function = getattr(getattr(importlib.import_module(module_name), class_name), function_name)
+    digest = hashlib.sha256(textwrap.dedent(inspect.getsource(function)).encode()).hexdigest()
+    assert digest == pinned, (
+        f"{dotted} changed in the installed transformers: re-sync _merging_layer_forward in "
+        "llava/compression/families/clip_merging.py with it, then update COPIED_FORWARD's hash"
+    )

@@ -160,6 +160,15 @@ def _merging(
                 layer.__dict__["forward"] = previous
 
 
+# The one copied transformers forward left (a merge step must sit between the attention residual and the MLP,
+# where no hook reaches): the sha256 of the dedented source it was copied from. A test compares it with the
+# installed transformers, so an upgrade that changes CLIPEncoderLayer.forward fails loudly until it is re-synced.
+COPIED_FORWARD = (
+    "transformers.models.clip.modeling_clip.CLIPEncoderLayer.forward",
+    "aeb5140ee0f5f4ddc3cc08831babcaf63b208009ae851d5dd54471abf16738da",
+)
+
+
 def _merging_layer_forward(index: int, r: int, method: VisionEncoderMethod, tokens: EncoderTokens):
     """``CLIPEncoderLayer.forward`` (transformers 5.23) with ``method.merge`` after the attention residual."""
 

@@ -192,9 +192,13 @@ def applied_config(model: Any) -> MethodConfig:
 
 
 def last_trace(model: Any) -> list[dict[str, Any]] | None:
-    """Per-image traces of the last image encoding on ``model`` (``None`` before any / without a method)."""
+    """Traces of the last call on ``model``: per image for a method acting on the vision side (the encoder's part
+    of FiCoCo-VL included), per batch row of the last prefill for an in-LLM method; ``None`` before any call or
+    without a method."""
+    from llava.compression.families import decoder_pruning  # in-LLM methods (Stage.LLM)
+
     state = _state_of(model)
-    return None if state is None else state.last_trace
+    return decoder_pruning.last_trace(model) if state is None else state.last_trace
 
 
 def prepare_multimodal_inputs(
