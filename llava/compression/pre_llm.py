@@ -130,7 +130,7 @@ class Reduction:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreLLMMethod(MethodConfig):
     """Base class of the configs of ``Stage.PRE_LLM`` methods."""
 

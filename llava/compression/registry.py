@@ -84,7 +84,7 @@ def option(default: Any, flag: str, help: str, *, type: Any = None, choices: Any
     return field(default=default, metadata=metadata)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodConfig:
     """Base class of every method config. Subclasses are dataclasses with validated fields."""
 
@@ -98,7 +98,7 @@ class MethodConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class NoCompression(MethodConfig):
     """The unmodified model."""
 

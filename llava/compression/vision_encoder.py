@@ -129,7 +129,7 @@ class LayerAttention:
     bias: torch.Tensor | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisionEncoderMethod(MethodConfig):
     """Base class of the configs of ``Stage.VISION_ENCODER`` methods."""
 

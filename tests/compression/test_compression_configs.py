@@ -263,3 +263,16 @@ def test_ficoco_vl_stage_configs_carry_its_values():
     assert llm.input_tokens == vision.final_count(LLAVA) == (576 + 40 + 1) // 2
     assert vl.token_schedule(LLAVA) == llm.token_schedule(LLAVA)
     assert vl.encoder_token_schedule(LLAVA) == vision.encoder_token_schedule(LLAVA)
+
+
+def test_every_method_config_is_frozen():
+    """A config is a value: validated once, never changed afterwards (no cached or mutated fields)."""
+    import dataclasses
+
+    for name in available_methods():
+        spec = get_method(name)
+        assert spec.config_cls.__dataclass_params__.frozen, name
+        config = make_config(name) if name == "none" else spec.config_cls()
+        for f in dataclasses.fields(config)[:1]:
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(config, f.name, getattr(config, f.name))

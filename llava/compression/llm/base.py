@@ -142,7 +142,7 @@ class PruneStep:
         raise NotImplementedError
 
 
-@dataclass
+@dataclass(frozen=True)
 class LLMPruningMethod(MethodConfig):
     """Base class of the configs of ``Stage.LLM`` methods.
 

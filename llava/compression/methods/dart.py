@@ -134,7 +134,7 @@ def dart_select(
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class DARTConfig(LLMPruningMethod):
     """Least-duplicated visual tokens w.r.t. key-norm pivots; dropped before layer ``K``."""
 

@@ -108,7 +108,7 @@ def cosine_distance(x: torch.Tensor) -> torch.Tensor:
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class DivPruneConfig(PreLLMMethod):
     """Greedy max-min diverse subset of ``T`` tokens."""
 

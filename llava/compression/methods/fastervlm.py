@@ -28,7 +28,7 @@ BUDGET_HELP = "visual tokens per image given to the LLM"
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class FasterVLMConfig(PreLLMMethod):
     """Top-T patches by the feature layer's head-mean [CLS] attention."""
 

@@ -60,7 +60,7 @@ def fastv_keep_for_average(target: float, layer: int, num_layers: int, num_visua
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class FastVConfig(LLMPruningMethod):
     """Top visual tokens by layer ``K-1``'s last-prompt-token attention; dropped before layer ``K``."""
 

@@ -514,7 +514,7 @@ def solve_schedule(
 # -- FiCoCo-V -----------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class FiCoCoVConfig(VisionEncoderMethod):
     """Filter / correlate / compress inside the CLIP encoder, from encoder layer ``start`` to the feature layer."""
 
@@ -538,7 +538,7 @@ class FiCoCoVConfig(VisionEncoderMethod):
 
     def __post_init__(self) -> None:
         if self.visual_token_num is None and self.ficoco_r is None:
-            self.visual_token_num = DEFAULT_BUDGET
+            object.__setattr__(self, "visual_token_num", DEFAULT_BUDGET)
         if self.visual_token_num is not None:
             check_int("--visual-token-num", self.visual_token_num, 1)
         if self.ficoco_r is not None:
@@ -627,7 +627,7 @@ class FiCoCoVConfig(VisionEncoderMethod):
 # -- FiCoCo-L -----------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class FiCoCoLConfig(LLMPruningMethod):
     """Filter / correlate / compress between decoder layers ``start .. L-1`` (in-LLM engine)."""
 
@@ -652,7 +652,7 @@ class FiCoCoLConfig(LLMPruningMethod):
 
     def __post_init__(self) -> None:
         if self.visual_token_num is None and self.ficoco_r is None:
-            self.visual_token_num = DEFAULT_BUDGET
+            object.__setattr__(self, "visual_token_num", DEFAULT_BUDGET)
         if self.visual_token_num is not None:
             check_int("--visual-token-num", self.visual_token_num, 1)
         if self.ficoco_r is not None:
@@ -808,7 +808,7 @@ def _layer_attention(step: PruneStep, layer: int, index: torch.Tensor, logits: b
 # -- FiCoCo-VL ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class FiCoCoVLConfig(MethodConfig):
     """FiCoCo-V in the encoder, then FiCoCo-L in the LLM on the encoder's reduced tokens."""
 
@@ -841,7 +841,7 @@ class FiCoCoVLConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if self.visual_token_num is None and self.ficoco_r is None:
-            self.visual_token_num = DEFAULT_BUDGET
+            object.__setattr__(self, "visual_token_num", DEFAULT_BUDGET)
         if self.ficoco_vision_token_num is not None:
             check_int("--ficoco-vision-token-num", self.ficoco_vision_token_num, 1)
         self.vision_for(None)  # validates the shared fields

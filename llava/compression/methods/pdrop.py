@@ -93,7 +93,7 @@ def solve_pdrop_ratio(target: float, num_visual: int, layers: Sequence[int], num
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class PDropConfig(LLMPruningMethod):
     """Keep ``int(N_v lambda^s)`` visual tokens after stage ``s`` by the last prompt token's attention."""
 
@@ -113,7 +113,7 @@ class PDropConfig(LLMPruningMethod):
     llm_positions: str = positions_option("compact")
 
     def __post_init__(self) -> None:
-        self.pdrop_layers = ",".join(str(k) for k in parse_int_list("--pdrop-layers", self.pdrop_layers))
+        object.__setattr__(self, "pdrop_layers", ",".join(str(k) for k in parse_int_list("--pdrop-layers", self.pdrop_layers)))
         check_positions(self.llm_positions)
         if self.pdrop_lambda is not None and self.visual_token_num is not None:
             raise CompressionConfigError("pdrop: give either --pdrop-lambda or --visual-token-num, not both")

@@ -83,7 +83,7 @@ def pool_grid(budget: int, grid: tuple[int, int]) -> tuple[int, int] | None:
     return min(pairs, key=lambda hw: (mismatch(hw), hw[0]))
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolConfig(PreLLMMethod):
     """Average pooling of the patch grid to ``T`` cells."""
 

@@ -147,7 +147,7 @@ def uniform_fill(n: int, k: int, exclude: torch.Tensor | None = None) -> torch.T
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruMergeConfig(PreLLMMethod):
     """IQR-outlier (or top ``T - 1``) [CLS]-attention tokens, each merged with its key neighbours, + 1 token."""
 
@@ -232,7 +232,7 @@ class PruMergeConfig(PreLLMMethod):
         return Reduction(features=feats, kept_indices=kept, groups=groups)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruMergePlusConfig(PruMergeConfig):
     """PruMerge plus spatially uniform tokens."""
 

@@ -43,7 +43,7 @@ def image_seed(seed: int, image_key: int | None) -> int:
     return (seed * 0x9E3779B97F4A7C15 + image_key) % (1 << 63)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RandomConfig(PreLLMMethod):
     """``T`` uniformly random patches per image."""
 

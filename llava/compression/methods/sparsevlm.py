@@ -157,7 +157,7 @@ def sparsevlm_recycle(
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class SparseVLMConfig(LLMPruningMethod):
     """SparseVLM v1.5: text-rater-guided drops at layers ``2, 6, 15`` with token recycling."""
 
@@ -183,9 +183,9 @@ class SparseVLMConfig(LLMPruningMethod):
     llm_positions: str = positions_option("compact")
 
     def __post_init__(self) -> None:
-        self.sparsevlm_layers = ",".join(
+        object.__setattr__(self, "sparsevlm_layers", ",".join(
             str(k) for k in parse_int_list("--sparsevlm-layers", self.sparsevlm_layers)
-        )
+        ))
         check_positions(self.llm_positions)
         if not isinstance(self.sparsevlm_recycle, bool):
             raise CompressionConfigError(
@@ -201,9 +201,9 @@ class SparseVLMConfig(LLMPruningMethod):
                 f"{self.visual_token_num} (use --sparsevlm-counts for other schedules)"
             )
         if self.sparsevlm_counts is not None:
-            self.sparsevlm_counts = ",".join(
+            object.__setattr__(self, "sparsevlm_counts", ",".join(
                 str(n) for n in parse_int_list("--sparsevlm-counts", self.sparsevlm_counts)
-            )
+            ))
         for n in self.counts:
             check_int("--sparsevlm-counts", n, 1)
 

@@ -165,7 +165,7 @@ def merge_weighted_average(
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ToMeConfig(VisionEncoderMethod):
     """Bipartite soft matching with size tracking and proportional attention in every encoder layer."""
 
@@ -196,7 +196,7 @@ class ToMeConfig(VisionEncoderMethod):
 
     def __post_init__(self) -> None:
         if self.visual_token_num is None and self.tome_r is None:
-            self.visual_token_num = DEFAULT_BUDGET
+            object.__setattr__(self, "visual_token_num", DEFAULT_BUDGET)
         if self.visual_token_num is not None:
             check_int("--visual-token-num", self.visual_token_num, 1)
         if self.tome_r is not None:

@@ -98,7 +98,7 @@ def mean_over_heads_of_keys(k: torch.Tensor, num_heads: int) -> torch.Tensor:
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisionZipConfig(PreLLMMethod):
     """``T = D + C`` tokens: dominant ([CLS] + top patches) and contextual (merged) tokens."""
 

@@ -64,7 +64,7 @@ def ensemble_layers(scores: Sequence[torch.Tensor] | torch.Tensor, how: str = "m
 # -- config ------------------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class VTCCLSConfig(PreLLMMethod):
     """Top-U patches by [CLS] attention ensembled over encoder layers ``start_layer .. feature_layer``."""
 
