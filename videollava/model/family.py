@@ -54,7 +54,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.compression.families import register_family
 from llava.compression.families.contract import Family
-from llava.compression.families.llava import QKProbe, pixel_key
+from llava.compression.families.llava import tower_signals
 from llava.compression.methods.fastervlm import FasterVLMConfig, cls_patch_scores
 from llava.compression.placeholders import shrink_placeholder_runs
 from llava.compression.pre_llm import PreLLMMethod, VisionSignals
@@ -264,29 +264,12 @@ def _num_frames(model: Any) -> int:
 # -- internals ---------------------------------------------------------------------------------------------------
 
 
-def frame_keys(pixels: torch.Tensor) -> list[int]:
-    """One stable 63-bit digest per frame of ``[F, C, H, W]`` pixels (for seeded per-frame random methods)."""
-    return [pixel_key(frame) for frame in pixels]
-
-
 def collect_frame_signals(model_base: Any, frames: torch.Tensor, layers: tuple[int, ...], geometry: ModelGeometry,
                           with_keys: bool = False) -> VisionSignals:
     """Run the video tower on ``[B*T, C, H, W]`` frames; :class:`VisionSignals` with one "image" per frame."""
-    tower = model_base.video_tower
-    vfl = geometry.vision_feature_layer
-    with QKProbe(tower, layers) as probe:  # spatial attention of each frame
-        out = tower(frames, output_hidden_states=vfl if vfl != 0 else True, return_dict=True)
-    return VisionSignals(
-        tokens=out.hidden_states[vfl],
-        grid=geometry.grid,
-        feature_layer=geometry.feature_layer,
-        num_layers=geometry.vision_layers,
-        num_heads=tower.encoder.layers[0].self_attn.num_heads,
-        queries=probe.queries,
-        keys=probe.keys,
-        project=model_base.multi_modal_projector,
-        image_keys=frame_keys(frames) if with_keys else None,
-    )
+    signals, _ = tower_signals(model_base.video_tower, frames, layers, geometry,  # spatial attention of each frame
+                               model_base.multi_modal_projector, with_image_keys=with_keys)
+    return signals
 
 
 def _per_frame(state: VideoCompressionState, signals: VisionSignals):

@@ -314,9 +314,23 @@ def collect_vision_signals(
     Returns ``(signals, tower_output)``. Works whether or not a method is applied.
     """
     base = model.model if isinstance(model, LlavaForConditionalGeneration) else model
-    geometry = model_geometry(base)
+    return tower_signals(base.vision_tower, pixel_values, tuple(layers), model_geometry(base),
+                         base.multi_modal_projector, with_image_keys, **tower_kwargs)
+
+
+def tower_signals(
+    tower: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    layers: tuple[int, ...],
+    geometry: ModelGeometry,
+    projector: Any,
+    with_image_keys: bool = False,
+    **tower_kwargs: Any,
+) -> tuple[VisionSignals, Any]:
+    """Run a CLIP-style ``tower`` once on ``pixel_values`` (one image, crop or frame per row) with the q/k probe on
+    ``layers``: the :class:`VisionSignals` of ``geometry``'s feature layer and the tower output. Every family
+    with such a tower (LLaVA-1.5's images, Video-LLaVA's frames) collects its signals here."""
     vfl = geometry.vision_feature_layer
-    tower = base.vision_tower
     output_hidden_states = tower_kwargs.pop("output_hidden_states", None) or (vfl if vfl != 0 else True)
     with QKProbe(tower, tuple(layers)) as probe:
         out = tower(pixel_values, output_hidden_states=output_hidden_states, return_dict=True, **tower_kwargs)
@@ -328,7 +342,7 @@ def collect_vision_signals(
         num_heads=tower.encoder.layers[0].self_attn.num_heads,
         queries=probe.queries,
         keys=probe.keys,
-        project=base.multi_modal_projector,
+        project=projector,
         image_keys=[pixel_key(p) for p in pixel_values] if with_image_keys else None,
     )
     return signals, out
