@@ -474,7 +474,7 @@ class MethodRunner:
                 )
         prefill_s = clock.times[0] - t0
         decode_s = (clock.times[-1] - clock.times[0]) if len(clock.times) > 1 else float("nan")
-        trace = getattr(model, "llm_compression_trace", None)
+        trace = getattr(out, "llm_compression_trace", None)
         per_layer = trace[0].get("visual_tokens_per_layer") if trace else None
         return _Run(
             tower_s=tower_s,

@@ -151,11 +151,10 @@ class LlavaGenerator:
             generation_config=self.generation_config(settings),
             **kwargs,
         )
-        # an in-LLM method leaves one dict per batch row (per-layer token counts) on the instance
-        llm_traces = getattr(self.model, "llm_compression_trace", None)
+        # an in-LLM method puts one dict per batch row (per-layer token counts) on generate's result
+        llm_traces = getattr(output, "llm_compression_trace", None)
         if llm_traces:
             traces = [dict(t, **extra) for t, extra in zip(traces, llm_traces)]
-            self.model.llm_compression_trace = None
         new_tokens = output[:, input_ids.shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         results = []

@@ -88,7 +88,7 @@ def test_keep_all_is_bit_equal_to_unmodified(model, specs, method, kwargs):
     for a, b in zip(out.scores, ref.scores):
         assert torch.equal(a, b)  # prefill and every decode step
     n_vis = [NUM_VISUAL if img else 0 for _, img, _ in specs]
-    assert [t["visual_tokens_per_layer"] for t in model.llm_compression_trace] == [[n] * 4 for n in n_vis]
+    assert [t["visual_tokens_per_layer"] for t in decoder_pruning.last_trace(model)] == [[n] * 4 for n in n_vis]
 
 
 # -- pruning: cached generate() == uncached recompute loop -----------------------------------------------------------
@@ -104,7 +104,7 @@ def test_cached_generate_equals_uncached_pruned_loop(model, key, specs):
         input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, output_scores=True,
         return_dict_in_generate=True, **kw,
     )
-    trace = model.llm_compression_trace
+    trace = decoder_pruning.last_trace(model)
     tokens, logits = uncached_greedy(model, ids, mask, kw, 6)
     assert torch.equal(cached.sequences[:, ids.shape[1] :], tokens)
     for a, b in zip(cached.scores, logits):
@@ -129,8 +129,8 @@ def test_pruning_changes_the_answer_and_keeps_per_layer_cache_lengths(model):
     assert [cache.get_seq_length(i) for i in range(4)] == [
         t + 5, t - NUM_VISUAL + kept1 + 5, t - NUM_VISUAL + kept1 + 5, t - NUM_VISUAL + kept2 + 5
     ]
-    assert model.llm_compression_trace[0]["visual_tokens_per_layer"] == [NUM_VISUAL, kept1, kept1, kept2]
-    assert model.llm_compression_trace[0]["avg_visual_tokens"] == (NUM_VISUAL + 2 * kept1 + kept2) / 4
+    assert decoder_pruning.last_trace(model)[0]["visual_tokens_per_layer"] == [NUM_VISUAL, kept1, kept1, kept2]
+    assert decoder_pruning.last_trace(model)[0]["avg_visual_tokens"] == (NUM_VISUAL + 2 * kept1 + kept2) / 4
 
 
 # -- batching --------------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_batch_of_n_equals_n_single_runs(model, key):
     _apply(model, key)
     ids, mask, kw, _ = batch(LEFT_PADDED)
     batched = greedy_generate(model, ids, mask, kw, 6)
-    traces = model.llm_compression_trace
+    traces = decoder_pruning.last_trace(model)
     # each row alone: same tokens, same prompt, same image features
     _, _, _, feats = batch(LEFT_PADDED)
     image_of_row = iter(feats)
@@ -153,7 +153,7 @@ def test_batch_of_n_equals_n_single_runs(model, key):
         row_kw = {"mm_encoder_outputs": mm([next(image_of_row)])} if has_image else {}
         single = greedy_generate(model, row_ids, row_mask, row_kw, 6)
         assert torch.equal(single[0], batched[r]), f"row {r}"
-        assert model.llm_compression_trace[0] == traces[r]
+        assert decoder_pruning.last_trace(model)[0] == traces[r]
     assert traces[2]["visual_tokens_per_layer"] == [0, 0, 0, 0]  # the text-only row is untouched
 
 
@@ -163,7 +163,7 @@ def test_beam_search_runs_and_trace_has_one_entry_per_input_row(model):
     vtc.apply(model, "fastv", fastv_k=2, fastv_r=0.75)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, num_beams=3, do_sample=False, **kw)
     assert out.shape[0] == 2
-    assert [t["visual_tokens_per_layer"] for t in model.llm_compression_trace] == [[36, 36, 9, 9]] * 2
+    assert [t["visual_tokens_per_layer"] for t in out.llm_compression_trace] == [[36, 36, 9, 9]] * 2
 
 
 # -- scores from q/k == eager attention weights ----------------------------------------------------------------------

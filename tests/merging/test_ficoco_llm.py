@@ -78,7 +78,7 @@ def test_r0_is_bit_equal_to_no_method(model, method, kw):
     assert torch.equal(out.sequences, ref.sequences)
     for a, b in zip(out.scores, ref.scores):
         assert torch.equal(a, b)
-    counts = [t["visual_tokens_per_layer"] for t in model.llm_compression_trace]
+    counts = [t["visual_tokens_per_layer"] for t in decoder_pruning.last_trace(model)]
     assert counts == [[NUM_PATCHES] * LLM_LAYERS] * 2 + [[0] * LLM_LAYERS]
 
 
@@ -88,7 +88,7 @@ def test_cached_generate_equals_uncached_recomputation(model, key):
     _apply(model, key)
     ids, mask, kw = _inputs(model, LEFT_PADDED[:2])
     cached = generate(model, ids, mask, kw, output_scores=True, return_dict_in_generate=True)
-    trace = model.llm_compression_trace
+    trace = decoder_pruning.last_trace(model)
     tokens, logits = uncached_greedy(model, ids, mask, kw, GEN["max_new_tokens"])
     assert torch.equal(cached.sequences[:, ids.shape[1] :], tokens)
     for a, b in zip(cached.scores, logits):
@@ -102,7 +102,7 @@ def test_batch_equals_single_rows(model, key):
     _apply(model, key)
     ids, mask, kw = _inputs(model, LEFT_PADDED)
     batched = generate(model, ids, mask, kw)[:, ids.shape[1] :]
-    traces = model.llm_compression_trace
+    traces = decoder_pruning.last_trace(model)
     image = 0
     for r, spec in enumerate(LEFT_PADDED):
         one_ids, one_mask = _row_prompt(r)
@@ -116,7 +116,7 @@ def test_batch_equals_single_rows(model, key):
         single = generate(model, one_ids, one_mask, one_kw)[:, one_ids.shape[1] :]
         assert torch.equal(single[0], batched[r]), f"row {r}"
         assert (
-            model.llm_compression_trace[0]["visual_tokens_per_layer"] == traces[r]["visual_tokens_per_layer"]
+            decoder_pruning.last_trace(model)[0]["visual_tokens_per_layer"] == traces[r]["visual_tokens_per_layer"]
         )
 
 
@@ -132,13 +132,13 @@ def test_budget_and_schedule_are_traced(model):
     _apply(model, "ficoco-l")  # layers 1, 2, 3 merge 64 -> 16: 16 per layer
     ids, mask, kw = _inputs(model, LEFT_PADDED)
     generate(model, ids, mask, kw)
-    trace = model.llm_compression_trace
+    trace = decoder_pruning.last_trace(model)
     assert trace[0]["visual_tokens_per_layer"] == [64, 48, 32, 16]
     assert trace[0]["ficoco_llm_merges_per_layer"] == [16, 16, 16] and trace[0]["ficoco_llm_start_layer"] == 1
     assert trace[2]["visual_tokens_per_layer"] == [0] * LLM_LAYERS  # the text-only row is untouched
     _apply(model, "ficoco-l-r")  # r = 9 in layers 2, 3
     generate(model, ids, mask, kw)
-    assert model.llm_compression_trace[0]["visual_tokens_per_layer"] == [64, 64, 55, 46]
+    assert decoder_pruning.last_trace(model)[0]["visual_tokens_per_layer"] == [64, 64, 55, 46]
 
 
 @torch.inference_mode()
@@ -151,7 +151,7 @@ def test_ficoco_vl_llm_sees_the_encoder_count(model):
     vision = vtc.last_trace(model)
     assert [t["visual_tokens"] for t in vision] == [38, 38]
     assert vision[0]["vision_merge_layers"] == [2, 3, 4, 5, 6]
-    llm = model.llm_compression_trace
+    llm = decoder_pruning.last_trace(model)
     assert [t["visual_tokens_per_layer"] for t in llm] == [[38, 38, 25, 12]] * 2 + [[0] * LLM_LAYERS]
     assert (
         vtc.make_config("ficoco-vl", ModelGeometry(), visual_token_num=64).to_dict()["vision_token_num"]
@@ -208,7 +208,7 @@ def test_queries_are_captured_not_recomputed(model, key):
     ]
     try:
         captured = generate(model, ids, mask, kw, output_scores=True, return_dict_in_generate=True)
-        trace = model.llm_compression_trace
+        trace = decoder_pruning.last_trace(model)
         assert calls == [GEN["max_new_tokens"]] * LLM_LAYERS  # the prefill + 4 decode steps: no extra q_proj call
         assert state.captured_queries is None  # nothing kept after the prefill
         query_layers, state.query_layers = state.query_layers, ()  # fall back to recomputing q_proj
@@ -218,7 +218,7 @@ def test_queries_are_captured_not_recomputed(model, key):
         for h in counters:
             h.remove()
     assert torch.equal(captured.sequences, recomputed.sequences)
-    assert model.llm_compression_trace == trace
+    assert decoder_pruning.last_trace(model) == trace
     for a, b in zip(captured.scores, recomputed.scores):
         assert torch.equal(a, b)
     assert any(layer.self_attn.q_proj._forward_hooks for layer in lm.layers)

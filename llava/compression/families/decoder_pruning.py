@@ -15,7 +15,7 @@ Where it hooks (all per model instance, nothing at class level, no ``__class__``
   passes; the shorter hidden states then flow out of ``LlamaModel.forward`` to its ``norm`` (and the LM head);
 * on a LLaVA model, :func:`mark_visual_tokens` puts a forward pre-hook on the ``LlavaModel`` that passes
   ``visual_mask = input_ids == image_token_id`` of every call down to the decoder as a keyword argument, and
-  ``model.generate`` is wrapped to publish the per-input-row trace as ``model.llm_compression_trace``;
+  ``model.generate`` is wrapped so that its result carries the per-input-row trace (``.llm_compression_trace``);
 * for the layers a method lists in ``query_layers`` (each ``K-1`` of a pruning layer ``K``: FiCoCo-L), a forward hook
   on ``layers[K-1].self_attn.q_proj`` that hands its output to the running prefill (a reference, no copy, no extra
   matmul); ``PruneStep.queries`` gathers the requested rows from it instead of recomputing ``q_proj``.
@@ -50,8 +50,8 @@ tokens in the *input* of every decoder layer, merged tokens included), ``avg_vis
 layers), ``llm_pruning_layers`` and ``llm_kept_indices`` (pruning layer, as a string -> the visual tokens entering
 that layer: ascending indices ``i`` into the row's visual tokens at the LLM input, then every merged/recycled
 token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens). It is the
-engine's one :func:`last_trace`; the ``generate`` wrapper publishes it as ``model.llm_compression_trace`` with one
-dict per *input* row (beams / returned sequences collapsed).
+engine's one :func:`last_trace`; the ``generate`` wrapper puts it on its result as ``llm_compression_trace`` with
+one dict per *input* row (beams / returned sequences collapsed).
 
 Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
 line up); a 2-D ``attention_mask`` (or none); without a cache every forward re-prunes from its own last prompt token
@@ -265,8 +265,8 @@ def apply(model: Any, config: LLMPruningMethod, geometry: ModelGeometry | None =
     """Apply an in-LLM method to a ``LlavaForConditionalGeneration`` instance; returns ``model``.
 
     Installs the decoder engine, a pre-hook on ``model.model`` (the ``LlavaModel``) that passes where the image
-    tokens are in every call's ``input_ids`` down to the decoder, and a per-instance ``generate`` wrapper that
-    leaves ``model.llm_compression_trace`` (one dict per input row) after each call.
+    tokens are in every call's ``input_ids`` down to the decoder, and a per-instance ``generate`` wrapper whose
+    result carries ``llm_compression_trace`` (one dict per input row).
     """
     base = getattr(model, "model", None)
     if base is None or not hasattr(base, "language_model"):
@@ -293,8 +293,6 @@ def remove(model: Any) -> Any:
     except TypeError:
         return model
     detach(lm)
-    if isinstance(model, torch.nn.Module):
-        model.__dict__.pop(TRACE_ATTR, None)
     return model
 
 
@@ -416,19 +414,19 @@ def _capture_queries(capture: _QueryCapture, layer: int):
 
 
 def _generate(self, *args: Any, **kwargs: Any):
-    """``generate`` that publishes the in-LLM trace as ``self.llm_compression_trace`` (one dict per input row)."""
+    """``generate`` whose result carries the in-LLM trace as ``result.llm_compression_trace`` (one dict per input
+    row; also on a plain tensor result). Nothing is written into the model."""
     state = _state(self.model.language_model)
     _, previous = state.saved["generate"]
     original = previous if previous is not None else types.MethodType(type(self).generate, self)
     state.last_trace = None
-    self.__dict__[TRACE_ATTR] = None
     inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
     result = original(*args, **kwargs)
     trace = state.last_trace
     if trace and inputs is not None and len(trace) % inputs.shape[0] == 0:
         # generate() repeats each input row (beams, num_return_sequences): one trace per input row
         trace = trace[:: len(trace) // inputs.shape[0]]
-    self.__dict__[TRACE_ATTR] = trace
+    setattr(result, TRACE_ATTR, trace)
     return result
 
 
