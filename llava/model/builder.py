@@ -296,6 +296,12 @@ def _check_special_tokens(tokenizer, config, model_path: str) -> None:
         )
 
 
+def checkpoint_family(model_path: str) -> str:
+    """``"llava"`` (LLaVA-1.5) or ``"llava_next"`` (LLaVA-NeXT), read from ``config.json`` only."""
+    config = read_config(model_path)
+    return detect_checkpoint(config, model_path)[0]
+
+
 def read_model_geometry(model_path: str, vision_tower: str | None = None):
     """The :class:`~llava.compression.ModelGeometry` of a checkpoint, read from its config files only, so
     that method arguments are validated before any weights load."""

@@ -191,6 +191,13 @@ def build_llava_next_config(config: dict, vision_tower_path: str):
 
     from llava.model.configs import LLAVA_NEXT_GRID_PINPOINTS
 
+    architectures = config.get("architectures") or list(ORIGINAL_ARCHITECTURES)
+    if not set(architectures) <= set(ORIGINAL_ARCHITECTURES):
+        raise CheckpointError(
+            f"original LLaVA-NeXT checkpoints with architectures {architectures} are not supported (only "
+            f"{list(ORIGINAL_ARCHITECTURES)}, the Vicuna ones); use the llava-hf port, e.g. "
+            "llava-hf/llava-v1.6-mistral-7b-hf"
+        )
     aspect = config.get("image_aspect_ratio", "anyres")
     merge = config.get("mm_patch_merge_type", "spatial_unpad")
     if aspect != "anyres" or merge != "spatial_unpad":

@@ -94,7 +94,7 @@ def test_both_layouts_load_llava_next_with_identical_logits(next_hf, next_origin
         torch.testing.assert_close(logits_of(next_hf, image), logits_of(next_original, image), rtol=0, atol=0)
 
 
-def test_original_next_config_with_another_merge_type_is_refused(tiny_next_original, tmp_path):
+def test_original_next_config_with_another_merge_type_or_llm_is_refused(tiny_next_original, tmp_path):
     import shutil
 
     folder = tmp_path / "spatial"
@@ -103,6 +103,10 @@ def test_original_next_config_with_another_merge_type_is_refused(tiny_next_origi
     config["mm_patch_merge_type"] = "spatial"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="mm_patch_merge_type='spatial' is not supported.*fixed-672"):
+        load_pretrained_model(str(folder), device="cpu")
+    config.update(mm_patch_merge_type="spatial_unpad", architectures=["LlavaMistralForCausalLM"])
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="LlavaMistralForCausalLM.*not supported.*llava-v1.6-mistral-7b-hf"):
         load_pretrained_model(str(folder), device="cpu")
 
 
@@ -248,3 +252,17 @@ def test_llava_next_family_is_registered_and_refuses_methods_for_now(next_hf):
     with pytest.raises(CompressionConfigError, match="'fastervlm' is not integrated with the model family 'llava-next'"):
         compression.apply(model, "fastervlm", visual_token_num=64)
     assert compression.apply(model, "none") is model
+
+
+def test_eval_entry_point_refuses_llava_next_in_one_line(tiny_next_hf, vqa_questions, image_folder, tmp_path, capsys):
+    """Evaluation on NeXT is a later step: until then the entry points say so (exit 2, one line, no answers)."""
+    from llava.eval import model_vqa_loader
+
+    answers = tmp_path / "a.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        model_vqa_loader.main(["--model-path", tiny_next_hf, "--question-file", vqa_questions, "--image-folder",
+                               image_folder, "--answers-file", str(answers), "--num-workers", "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "is a LLaVA-NeXT (LLaVA-1.6) checkpoint" in err
+    assert not answers.exists()
