@@ -266,3 +266,12 @@ def test_eval_entry_point_refuses_llava_next_in_one_line(tiny_next_hf, vqa_quest
     err = capsys.readouterr().err
     assert "Traceback" not in err and "is a LLaVA-NeXT (LLaVA-1.6) checkpoint" in err
     assert not answers.exists()
+
+
+def test_video_llava_loader_names_a_llava_next_checkpoint_as_image_llava(tiny_next_hf):
+    from videollava.model.builder import detect_layout as video_detect_layout
+
+    with open(os.path.join(tiny_next_hf, "config.json")) as f:
+        config = json.load(f)
+    with pytest.raises(CheckpointError, match="is an image LLaVA checkpoint.*llava.model.builder"):
+        video_detect_layout(config, tiny_next_hf)
