@@ -275,3 +275,22 @@ def test_video_llava_loader_names_a_llava_next_checkpoint_as_image_llava(tiny_ne
         config = json.load(f)
     with pytest.raises(CheckpointError, match="is an image LLaVA checkpoint.*llava.model.builder"):
         video_detect_layout(config, tiny_next_hf)
+
+
+def test_mistral_backbone_of_the_hf_layout_loads(tiny_next_hf, next_hf, tmp_path):
+    """``llava-v1.6-mistral-7b-hf`` has a ``mistral`` text config; with the same weights (and no sliding window at
+    this length) it gives the Vicuna-shaped model's logits."""
+    import shutil
+
+    from transformers import MistralModel
+
+    folder = tmp_path / "mistral"
+    shutil.copytree(tiny_next_hf, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"] = {**config["text_config"], "model_type": "mistral", "sliding_window": None}
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_pretrained_model(str(folder), device="cpu")
+    assert loaded[1].config.text_config.model_type == "mistral"
+    assert isinstance(loaded[1].model.language_model, MistralModel)
+    image = picture(*ASPECTS[1])
+    torch.testing.assert_close(logits_of(loaded, image), logits_of(next_hf, image))
