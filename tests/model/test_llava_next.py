@@ -294,3 +294,13 @@ def test_mistral_backbone_of_the_hf_layout_loads(tiny_next_hf, next_hf, tmp_path
     assert isinstance(loaded[1].model.language_model, MistralModel)
     image = picture(*ASPECTS[1])
     torch.testing.assert_close(logits_of(loaded, image), logits_of(next_hf, image))
+
+
+def test_tiny_cli_writes_a_llava_next_checkpoint(tmp_path, capsys):
+    from llava.model.tiny import main
+
+    main(["--family", "llava-next", "--out", str(tmp_path / "next")])
+    assert "tiny LLaVA-NeXT checkpoint (hf layout" in capsys.readouterr().out
+    config = json.loads((tmp_path / "next" / "config.json").read_text())
+    assert config["model_type"] == "llava_next" and config["architectures"] == ["LlavaNextForConditionalGeneration"]
+    assert config["image_grid_pinpoints"] == [list(p) for p in LLAVA_NEXT_GRID_PINPOINTS]
