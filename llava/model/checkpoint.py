@@ -47,7 +47,7 @@ def checkpoint_kind(config: dict) -> tuple[str, str] | None:
     ``"hf"`` (the transformers port) or ``"original"`` (the research code base's); ``None`` when it is none of them.
 
     Video-LLaVA is recognised first: its original config also names ``LlavaLlamaForCausalLM``. LLaVA-NeXT
-    (LLaVA-1.6): llava-hf's ``model_type`` ``llava_next`` (or ``image_grid_pinpoints`` beside ``vision_config``), or an
+    (LLaVA-1.6): llava-hf's ``model_type`` ``llava_next`` (or, without a model type, ``image_grid_pinpoints``), or an
     original config whose ``image_aspect_ratio`` is ``anyres`` or whose ``mm_patch_merge_type`` is ``spatial*``.
     """
     if config.get("model_type") == "video_llava" or "video_token_index" in config:
@@ -55,7 +55,8 @@ def checkpoint_kind(config: dict) -> tuple[str, str] | None:
     if "mm_video_tower" in config:
         return "video_llava", "original"
     if "vision_config" in config and "text_config" in config:
-        next_hf = config.get("model_type") == "llava_next" or "image_grid_pinpoints" in config
+        model_type = config.get("model_type")
+        next_hf = model_type == "llava_next" or (model_type is None and "image_grid_pinpoints" in config)
         return ("llava_next" if next_hf else "llava"), "hf"
     if "mm_vision_tower" in config or any(a in ORIGINAL_ARCHITECTURES for a in config.get("architectures") or []):
         anyres = str(config.get("image_aspect_ratio", "")).startswith("anyres")
