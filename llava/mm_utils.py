@@ -85,6 +85,35 @@ def build_image_processor(
     )
 
 
+def build_next_image_processor(
+    image_size: int,
+    image_grid_pinpoints: Sequence[Sequence[int]],
+    image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    image_std: Sequence[float] = OPENAI_CLIP_STD,
+):
+    """LLaVA-1.6 (anyres) preprocessing without torchvision: transformers' ``LlavaNextImageProcessorPil``.
+
+    As LLaVA-1.6's ``process_anyres_image``: pick the grid from ``image_grid_pinpoints`` (``(height, width)``
+    pairs), resize the image into it keeping its aspect ratio (bicubic, ``ceil`` of the scaled side), pad with black,
+    cut ``image_size`` crops row by row, and put the whole image squashed to ``image_size`` x ``image_size`` first;
+    every crop is then rescaled and normalised (the resize / centre crop of a crop already at ``image_size`` changes
+    nothing). A test compares it with a hand-written reference of the original. ``pixel_values`` come back as
+    ``[images, max crops, 3, H, W]`` (images with fewer crops are zero-padded; the model uses ``image_sizes`` to
+    skip those).
+    """
+    from transformers import LlavaNextImageProcessorPil
+
+    return LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=[list(p) for p in image_grid_pinpoints],
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        resample=3,  # PIL bicubic, as PIL's Image.resize default the original relies on
+        do_pad=True,
+    )
+
+
 def tokenizer_image_token(
     prompt: str,
     tokenizer,

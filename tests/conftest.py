@@ -37,6 +37,19 @@ def tiny_original(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_next_hf(tmp_path_factory) -> str:
+    """Tiny LLaVA-NeXT (LLaVA-1.6) checkpoint in the llava-hf layout (``llava-v1.6-vicuna-*-hf``)."""
+    return write_hf_layout(str(tmp_path_factory.mktemp("ckpt") / "tiny-llava-next-hf"), seed=0, family="llava-next")
+
+
+@pytest.fixture(scope="session")
+def tiny_next_original(tmp_path_factory) -> str:
+    """The same weights in the original ``liuhaotian/llava-v1.6-vicuna-*`` layout."""
+    return write_original_layout(str(tmp_path_factory.mktemp("ckpt") / "tiny-llava-next-original"), seed=0,
+                                 family="llava-next")
+
+
+@pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("images")
     for i, (w, h) in enumerate(IMAGE_SIZES):

@@ -28,7 +28,12 @@ from llava.eval.parent_watch import exit_with_parent
 from llava.eval.questions import EvalItem, QuestionFileError, get_chunk, number_occurrences
 from llava.eval.run_settings import record_settings, run_metadata
 from llava.mm_utils import BadInputError, load_image, load_image_b64
-from llava.model.builder import get_model_name_from_path, load_pretrained_model, read_model_geometry
+from llava.model.builder import (
+    checkpoint_family,
+    get_model_name_from_path,
+    load_pretrained_model,
+    read_model_geometry,
+)
 from llava.model.original_layout import CheckpointError
 
 USER_ERRORS = (CheckpointError, QuestionFileError, BadInputError, CompressionConfigError, ValueError, FileNotFoundError)
@@ -101,6 +106,12 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
     settings.validate()
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if checkpoint_family(args.model_path) == "llava_next":
+        raise CheckpointError(
+            f"{args.model_path} is a LLaVA-NeXT (LLaVA-1.6) checkpoint; the evaluation entry points run LLaVA-1.5 only "
+            "so far (LLaVA-NeXT loads with llava.model.builder.load_pretrained_model; its evaluation is not "
+            "integrated yet)"
+        )
     method = config_from_args(args, read_model_geometry(args.model_path, args.vision_tower))
     launch = launch_info()
     final_answers = args.answers_file

@@ -1,4 +1,7 @@
-"""Load LLaVA-1.5 checkpoints of either layout into transformers' ``LlavaForConditionalGeneration``.
+"""Load LLaVA-1.5 and LLaVA-NeXT (LLaVA-1.6) checkpoints of either layout into transformers' model classes.
+
+LLaVA-1.5 -> ``LlavaForConditionalGeneration``; LLaVA-NeXT -> ``LlavaNextForConditionalGeneration`` (llava-hf
+``llava-v1.6-*-hf`` or the original ``liuhaotian/llava-v1.6-*``, whose keys are converted in memory the same way).
 
     tokenizer, model, image_processor, context_len = load_pretrained_model("checkpoints/llava-v1.5-7b")
 
@@ -14,13 +17,15 @@ from dataclasses import dataclass
 
 import torch
 
-from llava.mm_utils import build_image_processor
+from llava.mm_utils import build_image_processor, build_next_image_processor
 from llava.model.checkpoint import check_loading_info, one_line
 from llava.model.original_layout import (
     CheckpointError,
     build_llava_config,
+    build_llava_next_config,
     check_state_shapes,
     convert_state_dict,
+    detect_checkpoint,
     detect_layout,
     read_config,
     read_weights,
@@ -38,6 +43,8 @@ class LoadedInfo:
     model_path: str
     vision_tower: str | None
     image_aspect_ratio: str
+    family: str = "llava"  # "llava" (LLaVA-1.5) or "llava_next" (LLaVA-1.6)
+    next_grid: str | None = None  # LLaVA-NeXT only: "anyres" or "fixed-672"
 
 
 def get_model_name_from_path(model_path: str) -> str:
@@ -79,8 +86,9 @@ def load_pretrained_model(
     attn_implementation: str = "sdpa",
     vision_tower: str | None = None,
     device_map: str | dict | None = None,
+    next_grid: str = "anyres",
 ):
-    """Load a LLaVA-1.5 checkpoint of either layout.
+    """Load a LLaVA-1.5 or LLaVA-NeXT checkpoint of either layout.
 
     Args:
         model_path: a local folder in the llava-hf layout or the original LLaVA layout.
@@ -93,6 +101,10 @@ def load_pretrained_model(
             methods never need eager attention.
         vision_tower: local CLIP folder overriding the original layout's ``mm_vision_tower``.
         device_map: passed to transformers instead of ``device`` (e.g. ``"auto"`` to shard a 13B model).
+        next_grid: LLaVA-NeXT only. ``"anyres"`` (default): LLaVA-1.6 as released (grid from
+            ``image_grid_pinpoints``, unpadding, ``image_newline`` tokens). ``"fixed-672"``: FasterVLM's setting for
+            its NeXT numbers (grid fixed at 2 x 2 crops, ``spatial`` merge without unpadding or newlines: a constant
+            5 x 576 = 2880 tokens); the model and the image processor both use it.
 
     Returns:
         ``(tokenizer, model, image_processor, context_len)``. The tokenizer pads on the left and has a pad
@@ -103,10 +115,16 @@ def load_pretrained_model(
             empty, truncated or damaged weight or tokenizer file, or a weight whose shape does not match the config
             (one line naming the file and the problem).
     """
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+
+    from llava.compression.families.anyres import check_grid_mode
 
     config = read_config(model_path)
-    layout = detect_layout(config, model_path)
+    family, layout = detect_checkpoint(config, model_path)
+    check_grid_mode(next_grid)
+    if family != "llava_next" and next_grid != "anyres":
+        raise CheckpointError(f"--next-grid {next_grid} applies to LLaVA-NeXT checkpoints only; {model_path} is LLaVA-1.5")
+    model_class = LlavaNextForConditionalGeneration if family == "llava_next" else LlavaForConditionalGeneration
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     load_kwargs = {"dtype": torch_dtype, "attn_implementation": attn_implementation,
@@ -122,10 +140,10 @@ def load_pretrained_model(
         if model_base is not None:
             raise CheckpointError("--model-base is only used with original-layout checkpoints that store part of the weights")
         tower_path = None
-        aspect = "pad"
+        aspect = "anyres" if family == "llava_next" else "pad"
         weight_files(model_path)  # a missing, empty, truncated or damaged weight file is named before loading
         try:
-            model, info = LlavaForConditionalGeneration.from_pretrained(
+            model, info = model_class.from_pretrained(
                 model_path, output_loading_info=True, **load_kwargs
             )
         except Exception as err:  # e.g. SafetensorError: one line naming the folder, never a traceback
@@ -135,16 +153,16 @@ def load_pretrained_model(
         processor_cfg = _read_json(os.path.join(model_path, "preprocessor_config.json"))
     else:
         tower_path = resolve_vision_tower(config, model_path, vision_tower)
-        llava_config = build_llava_config(config, tower_path)
+        llava_config = (build_llava_next_config if family == "llava_next" else build_llava_config)(config, tower_path)
         llm_state = read_weights(model_base) if model_base else {}
         llm_state.update(read_weights(model_path))
         has_tower = any(k.startswith("model.vision_tower.vision_tower.") for k in llm_state)
         vision_state = None if has_tower else read_weights(tower_path)
         state = convert_state_dict(llm_state, vision_state, int(config["vocab_size"]))
         with torch.device("meta"):
-            reference = LlavaForConditionalGeneration(llava_config)
+            reference = model_class(llava_config)
         check_state_shapes(state, reference, model_path, {"model.vision_tower.": tower_path})
-        model, info = LlavaForConditionalGeneration.from_pretrained(
+        model, info = model_class.from_pretrained(
             None, config=llava_config, state_dict=state, output_loading_info=True, **load_kwargs
         )
         check_loading_info(info, model_path)
@@ -153,14 +171,20 @@ def load_pretrained_model(
         processor_cfg = _read_json(os.path.join(tower_path, "preprocessor_config.json"))
 
     model.eval()
-    model.llava_load_info = LoadedInfo(layout, model_path, tower_path, aspect)
+    model.llava_load_info = LoadedInfo(layout, model_path, tower_path, aspect, family,
+                                       next_grid if family == "llava_next" else None)
     _check_special_tokens(tokenizer, model.config, model_path)
-    image_processor = build_image_processor(
-        image_size=image_size,
-        image_mean=processor_cfg.get("image_mean") or (0.48145466, 0.4578275, 0.40821073),
-        image_std=processor_cfg.get("image_std") or (0.26862954, 0.26130258, 0.27577711),
-        do_pad=(aspect == "pad"),
-    )
+    image_mean = processor_cfg.get("image_mean") or (0.48145466, 0.4578275, 0.40821073)
+    image_std = processor_cfg.get("image_std") or (0.26862954, 0.26130258, 0.27577711)
+    if family == "llava_next":
+        from llava.compression.families.llava_next import set_grid_mode
+
+        set_grid_mode(model, next_grid)
+        image_processor = build_next_image_processor(image_size, model.config.image_grid_pinpoints, image_mean, image_std)
+    else:
+        image_processor = build_image_processor(
+            image_size=image_size, image_mean=image_mean, image_std=image_std, do_pad=(aspect == "pad")
+        )
     context_len = int(getattr(model.config.text_config, "max_position_embeddings", 2048))
     return tokenizer, model, image_processor, context_len
 
@@ -270,6 +294,12 @@ def _check_special_tokens(tokenizer, config, model_path: str) -> None:
         raise CheckpointError(
             f"the tokenizer in {model_path} pads with the image token id {image_id}; set a distinct pad token"
         )
+
+
+def checkpoint_family(model_path: str) -> str:
+    """``"llava"`` (LLaVA-1.5) or ``"llava_next"`` (LLaVA-NeXT), read from ``config.json`` only."""
+    config = read_config(model_path)
+    return detect_checkpoint(config, model_path)[0]
 
 
 def read_model_geometry(model_path: str, vision_tower: str | None = None):

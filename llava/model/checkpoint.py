@@ -16,6 +16,7 @@ import torch
 
 ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)  # the original LLaVA code base's config (LLaVA and Video-LLaVA)
 ORIGINAL_PROJECTOR_PREFIX = "model.mm_projector."
+ORIGINAL_NEWLINE_KEY = "model.image_newline"  # LLaVA-NeXT (LLaVA-1.6) only
 EMBEDDING_KEYS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
 
 
@@ -42,20 +43,27 @@ def read_config(model_path: str) -> dict:
 
 
 def checkpoint_kind(config: dict) -> tuple[str, str] | None:
-    """``(family, layout)`` of a ``config.json``: family ``"llava"`` or ``"video_llava"``, layout ``"hf"`` (the
-    transformers port) or ``"original"`` (the research code base's); ``None`` when it is neither family's.
+    """``(family, layout)`` of a ``config.json``: family ``"llava"``, ``"llava_next"`` or ``"video_llava"``, layout
+    ``"hf"`` (the transformers port) or ``"original"`` (the research code base's); ``None`` when it is none of them.
 
-    Video-LLaVA is recognised first: its original config also names ``LlavaLlamaForCausalLM``.
+    Video-LLaVA is recognised first: its original config also names ``LlavaLlamaForCausalLM``. LLaVA-NeXT
+    (LLaVA-1.6): llava-hf's ``model_type`` ``llava_next`` (or, without a model type, ``image_grid_pinpoints``), or an
+    original config whose ``image_aspect_ratio`` is ``anyres`` or whose ``mm_patch_merge_type`` is ``spatial*``.
     """
     if config.get("model_type") == "video_llava" or "video_token_index" in config:
         return "video_llava", "hf"
     if "mm_video_tower" in config:
         return "video_llava", "original"
     if "vision_config" in config and "text_config" in config:
-        return "llava", "hf"
+        model_type = config.get("model_type")
+        next_hf = model_type == "llava_next" or (model_type is None and "image_grid_pinpoints" in config)
+        return ("llava_next" if next_hf else "llava"), "hf"
     if "mm_vision_tower" in config or any(a in ORIGINAL_ARCHITECTURES for a in config.get("architectures") or []):
-        return "llava", "original"
+        anyres = str(config.get("image_aspect_ratio", "")).startswith("anyres")
+        spatial = str(config.get("mm_patch_merge_type", "flat")).startswith("spatial")
+        return ("llava_next" if anyres or spatial else "llava"), "original"
     return None
+
 
 def weight_files(folder: str) -> list[str]:
     """The weight files of a checkpoint folder (sharded or single, ``.safetensors`` or ``.bin``), as paths."""
@@ -179,11 +187,13 @@ def rename_original_llm_key(key: str) -> str | None:
     """The module-layout key of an original LLaVA-code-base LLM or projector weight, ``None`` for what is dropped.
 
     ``model.embed_tokens / layers / norm`` -> ``model.language_model.*``; ``model.mm_projector.0/2.*`` ->
-    ``model.multi_modal_projector.linear_1/2.*``; ``lm_head.weight`` stays; ``*.rotary_emb.inv_freq`` and keys
+    ``model.multi_modal_projector.linear_1/2.*``; LLaVA-NeXT's ``model.image_newline`` stays; ``lm_head.weight`` stays; ``*.rotary_emb.inv_freq`` and keys
     outside ``model.`` (training-only buffers) are dropped. Vision-tower keys are the caller's to handle first.
     """
     if key.endswith("rotary_emb.inv_freq"):
         return None
+    if key == ORIGINAL_NEWLINE_KEY:
+        return key  # LLaVA-NeXT's row separator: the same name in transformers' LlavaNextModel
     if key.startswith(ORIGINAL_PROJECTOR_PREFIX):
         idx, tail = key[len(ORIGINAL_PROJECTOR_PREFIX) :].split(".", 1)
         if idx not in ("0", "2"):

@@ -91,3 +91,31 @@ def llava_config(vision: Any, text: Any, *, image_token_id: int, vision_feature_
         vision_feature_select_strategy="default",
         multimodal_projector_bias=True,
     )
+
+
+LLAVA_NEXT_GRID_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))  # LLaVA-1.6's anyres grids
+
+
+def llava_next_config(
+    vision: Any,
+    text: Any,
+    *,
+    image_token_id: int,
+    image_grid_pinpoints: Any = LLAVA_NEXT_GRID_PINPOINTS,
+    vision_feature_layer: int = -2,
+):
+    """A LLaVA-NeXT (LLaVA-1.6) ``LlavaNextConfig``: the same tower, projector and feature layer as
+    :func:`llava_config`, plus the anyres grids (``image_grid_pinpoints``, ``(height, width)`` pairs in pixels)."""
+    from transformers import LlavaNextConfig
+
+    return LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2,
+        projector_hidden_act="gelu",
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy="default",
+        multimodal_projector_bias=True,
+        image_grid_pinpoints=[list(p) for p in image_grid_pinpoints],
+    )

@@ -57,11 +57,12 @@ LLAMA_FIELDS = (
 )
 
 
-def detect_layout(config: dict, model_path: str = "") -> str:
-    """``"hf"`` (llava-hf / transformers ``LlavaConfig``) or ``"original"`` (``mm_vision_tower`` config)."""
+def detect_checkpoint(config: dict, model_path: str = "") -> tuple[str, str]:
+    """``(family, layout)`` of an image-LLaVA checkpoint: family ``"llava"`` (LLaVA-1.5) or ``"llava_next"``
+    (LLaVA-NeXT / LLaVA-1.6), layout ``"hf"`` or ``"original"``; a Video-LLaVA or unknown config is refused."""
     kind = checkpoint_kind(config)
-    if kind is not None and kind[0] == "llava":
-        return kind[1]
+    if kind is not None and kind[0] in ("llava", "llava_next"):
+        return kind
     if kind is not None:
         raise CheckpointError(
             f"{os.path.join(model_path, 'config.json')} is a Video-LLaVA checkpoint ({kind[1]} layout), not an image "
@@ -69,10 +70,15 @@ def detect_layout(config: dict, model_path: str = "") -> str:
         )
     raise CheckpointError(
         f"{os.path.join(model_path, 'config.json')} is neither a llava-hf checkpoint (expected 'vision_config' "
-        "and 'text_config', model_type 'llava') nor an original LLaVA checkpoint (expected 'mm_vision_tower', "
-        f"architectures ['LlavaLlamaForCausalLM']); found model_type={config.get('model_type')!r}, "
+        "and 'text_config', model_type 'llava' or 'llava_next') nor an original LLaVA checkpoint (expected "
+        f"'mm_vision_tower', architectures ['LlavaLlamaForCausalLM']); found model_type={config.get('model_type')!r}, "
         f"architectures={config.get('architectures')!r}"
     )
+
+
+def detect_layout(config: dict, model_path: str = "") -> str:
+    """``"hf"`` (llava-hf / transformers config) or ``"original"`` (``mm_vision_tower`` config), LLaVA-1.5 or NeXT."""
+    return detect_checkpoint(config, model_path)[1]
 
 
 def resolve_vision_tower(config: dict, model_path: str, override: str | None = None) -> str:
@@ -172,3 +178,49 @@ def convert_state_dict(
     return out
 
 
+
+
+def build_llava_next_config(config: dict, vision_tower_path: str):
+    """A transformers ``LlavaNextConfig`` equivalent to an original LLaVA-1.6 ``config.json``
+    (``image_aspect_ratio = anyres``, ``mm_patch_merge_type = spatial_unpad``, ``image_grid_pinpoints``).
+
+    The original code reads each pinpoint as ``(width, height)``, transformers as ``(height, width)``: the pairs are
+    swapped here (order kept), so grid selection, including its first-wins tie-breaking, is the original's.
+    """
+    from transformers import LlavaNextConfig
+
+    from llava.model.configs import LLAVA_NEXT_GRID_PINPOINTS
+
+    architectures = config.get("architectures") or list(ORIGINAL_ARCHITECTURES)
+    if not set(architectures) <= set(ORIGINAL_ARCHITECTURES):
+        raise CheckpointError(
+            f"original LLaVA-NeXT checkpoints with architectures {architectures} are not supported (only "
+            f"{list(ORIGINAL_ARCHITECTURES)}, the Vicuna ones); use the llava-hf port, e.g. "
+            "llava-hf/llava-v1.6-mistral-7b-hf"
+        )
+    aspect = config.get("image_aspect_ratio", "anyres")
+    merge = config.get("mm_patch_merge_type", "spatial_unpad")
+    if aspect != "anyres" or merge != "spatial_unpad":
+        raise CheckpointError(
+            f"LLaVA-NeXT config with image_aspect_ratio={aspect!r}, mm_patch_merge_type={merge!r} is not supported "
+            "(LLaVA-1.6 uses 'anyres' with 'spatial_unpad'; FasterVLM's 'spatial' 672x672 setting is the loader's "
+            "next_grid='fixed-672' option on a standard checkpoint)"
+        )
+    pinpoints = config.get("image_grid_pinpoints") or [list(p) for p in LLAVA_NEXT_GRID_PINPOINTS]
+    if isinstance(pinpoints, str) or not all(isinstance(p, list | tuple) and len(p) == 2 for p in pinpoints):
+        raise CheckpointError(
+            f"image_grid_pinpoints={pinpoints!r} in the LLaVA-NeXT config is not a list of [width, height] pairs "
+            f"(LLaVA-1.6 ships [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])"
+        )
+    llava = build_llava_config(config, vision_tower_path).to_dict()
+    for name in ("model_type", "architectures", "transformers_version", "image_token_id"):
+        llava.pop(name, None)
+    next_config = LlavaNextConfig(
+        **{k: v for k, v in llava.items() if k in ("vision_config", "text_config", "image_seq_length",
+                                                   "projector_hidden_act", "vision_feature_layer",
+                                                   "vision_feature_select_strategy", "multimodal_projector_bias")},
+        image_token_index=int(config["vocab_size"]),
+        image_grid_pinpoints=[[int(h), int(w)] for w, h in pinpoints],
+    )
+    next_config.architectures = ["LlavaNextForConditionalGeneration"]
+    return next_config

@@ -1,6 +1,6 @@
 """Tiny random LLaVA-1.5-shaped checkpoints for tests, the demo, and anyone without weights.
 
-    python -m llava.model.tiny --out DIR [--layout hf|original] [--seed N]
+    python -m llava.model.tiny --out DIR [--layout hf|original] [--seed N] [--family llava|llava-next]
 
 The model has LLaVA-1.5's shape where it matters to token compression: a CLIP ViT at 336 px with
 patch 14 (576 patch tokens + CLS) and 24 layers, features from layer -2, an mlp2x_gelu projector and
@@ -16,6 +16,10 @@ Layouts (both load with :func:`llava.model.builder.load_pretrained_model`):
 * ``original``: the ``liuhaotian/llava-v1.5-*`` layout (``LlavaLlamaForCausalLM`` config with
   ``mm_*`` fields, sharded ``pytorch_model-*.bin``, a SentencePiece ``tokenizer.model`` without ``<image>``) plus the
   CLIP tower as a separate CLIP folder named by ``mm_vision_tower`` (here a sub-folder).
+
+``--family llava-next`` writes a tiny LLaVA-NeXT (LLaVA-1.6) instead: the same tower, projector and Llama as a
+``LlavaNextForConditionalGeneration`` with LLaVA-1.6's anyres grids and an ``image_newline``; the hf layout is
+llava-hf's ``llava-v1.6-vicuna-*-hf``, the original one ``liuhaotian/llava-v1.6-vicuna-*``.
 
 The same seed gives the same weights, and both layouts of one seed load to identical logits: the
 rows the hf layout adds for ``<image>``/``<pad>``/padding are zero, which is also what the loader
@@ -34,6 +38,7 @@ import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, DEFAULT_PAD_TOKEN, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from llava.conversation import conv_templates
+from llava.model.configs import LLAVA_NEXT_GRID_PINPOINTS
 from llava.model.original_layout import padded_vocab
 
 
@@ -195,6 +200,26 @@ def build_llava_config(g: TinyGeometry = TINY):
     return llava_config(vision, text, image_token_id=g.base_vocab)
 
 
+def build_llava_next_config(g: TinyGeometry = TINY):
+    """The ``LlavaNextConfig`` of the tiny LLaVA-NeXT model: the tiny LLaVA-1.5 tower, projector and Llama plus
+    LLaVA-1.6's anyres grids (so one image is the 576-token base crop plus up to four 576-token crops, as on 7B)."""
+    from llava.model.configs import llava_next_config
+
+    base = build_llava_config(g)
+    return llava_next_config(base.vision_config, base.text_config, image_token_id=g.base_vocab)
+
+
+def build_family_config(family: str, g: TinyGeometry = TINY):
+    if family == "llava":
+        return build_llava_config(g)
+    if family == "llava-next":
+        return build_llava_next_config(g)
+    raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
+
+
+FAMILIES = ("llava", "llava-next")
+
+
 def sharpen_attention(vision_tower, scale: float) -> None:
     """Scale the q and k projections of every encoder layer by ``scale`` (in place), so that a random tower's
     attention is peaked, not flat, and [CLS]-attention scores rank patches (platform pitfall 13)."""
@@ -204,17 +229,19 @@ def sharpen_attention(vision_tower, scale: float) -> None:
             layer.self_attn.k_proj.weight.mul_(scale)
 
 
-def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY) -> dict[str, torch.Tensor]:
+def build_tiny_state_dict(seed: int = 0, g: TinyGeometry = TINY, family: str = "llava") -> dict[str, torch.Tensor]:
     """Random weights of the tiny model in transformers' module layout (``model.language_model.*``,
-    ``model.vision_tower.*``, ``model.multi_modal_projector.*``, ``lm_head.*``). Deterministic in ``seed``.
+    ``model.vision_tower.*``, ``model.multi_modal_projector.*``, ``lm_head.*``, and LLaVA-NeXT's
+    ``model.image_newline``). Deterministic in ``seed``.
     """
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-    config = build_llava_config(g)
+    config = build_family_config(family, g)
+    model_class = LlavaNextForConditionalGeneration if family == "llava-next" else LlavaForConditionalGeneration
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = LlavaForConditionalGeneration._from_config(config, dtype=torch.float32)
+        model = model_class._from_config(config, dtype=torch.float32)
         sharpen_attention(model.model.vision_tower, g.qk_scale)
         with torch.no_grad():
             # rows that the original vocabulary does not have are zero in both layouts
@@ -262,15 +289,23 @@ def write_json(path: str, obj: dict) -> None:
         f.write("\n")
 
 
-def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
-    """Write the llava-hf layout of the tiny model to ``out``; returns ``out``."""
+def next_preprocessor_config(image_size: int, pinpoints) -> dict:
+    """llava-hf's LLaVA-NeXT ``preprocessor_config.json`` (anyres grids, crops of ``image_size``)."""
+    return {**preprocessor_config(image_size), "image_processor_type": "LlavaNextImageProcessor",
+            "image_grid_pinpoints": [list(p) for p in pinpoints], "do_pad": True}
+
+
+def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, family: str = "llava") -> str:
+    """Write the llava-hf layout of the tiny model (``family`` ``"llava"`` or ``"llava-next"``) to ``out``."""
     from safetensors.torch import save_file
 
     os.makedirs(out, exist_ok=True)
-    sd = build_tiny_state_dict(seed, g)
+    sd = build_tiny_state_dict(seed, g, family)
     hub = {}
     for key, value in sd.items():
-        if key.startswith("model.language_model."):
+        if key == "model.image_newline":
+            hub["image_newline"] = value
+        elif key.startswith("model.language_model."):
             hub["language_model.model." + key[len("model.language_model.") :]] = value
         elif key.startswith("lm_head."):
             hub["language_model." + key] = value
@@ -281,13 +316,19 @@ def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
         else:
             raise AssertionError(f"unexpected key {key}")
     save_file(hub, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-    config = build_llava_config(g)
-    config.architectures = ["LlavaForConditionalGeneration"]
+    config = build_family_config(family, g)
+    config.architectures = ["LlavaNextForConditionalGeneration" if family == "llava-next" else "LlavaForConditionalGeneration"]
     config.save_pretrained(out)
     tok = add_llava_tokens(build_base_tokenizer(g.base_vocab))
     tok.save_pretrained(out)
-    write_json(os.path.join(out, "preprocessor_config.json"), preprocessor_config(g.image_size))
-    write_json(os.path.join(out, "processor_config.json"), processor_config(g.patch_size))
+    if family == "llava-next":
+        write_json(os.path.join(out, "preprocessor_config.json"),
+                   next_preprocessor_config(g.image_size, config.image_grid_pinpoints))
+        write_json(os.path.join(out, "processor_config.json"),
+                   {**processor_config(g.patch_size), "processor_class": "LlavaNextProcessor"})
+    else:
+        write_json(os.path.join(out, "preprocessor_config.json"), preprocessor_config(g.image_size))
+        write_json(os.path.join(out, "processor_config.json"), processor_config(g.patch_size))
     write_json(
         os.path.join(out, "generation_config.json"),
         {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": g.base_vocab + 1},
@@ -295,16 +336,30 @@ def write_hf_layout(out: str, seed: int = 0, g: TinyGeometry = TINY) -> str:
     return out
 
 
-def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_shards: int = 2) -> str:
-    """Write the original LLaVA layout (plus its CLIP folder) of the tiny model to ``out``."""
+def write_original_layout(
+    out: str, seed: int = 0, g: TinyGeometry = TINY, num_shards: int = 2, family: str = "llava"
+) -> str:
+    """Write the original LLaVA layout (plus its CLIP folder) of the tiny model to ``out``.
+
+    ``family="llava-next"``: the ``liuhaotian/llava-v1.6-vicuna-*`` layout: ``image_aspect_ratio = anyres``,
+    ``mm_patch_merge_type = spatial_unpad``, ``image_grid_pinpoints`` (the release's list, read as ``[width, height]``
+    by the original code), ``model.image_newline``, and the fine-tuned tower inside the checkpoint
+    (``model.vision_tower.vision_tower.vision_model.*``), while the CLIP folder named by ``mm_vision_tower`` holds
+    other (pre-fine-tuning) weights that the loader must not use.
+    """
     from safetensors.torch import save_file
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
 
     os.makedirs(out, exist_ok=True)
-    sd = build_tiny_state_dict(seed, g)
+    sd = build_tiny_state_dict(seed, g, family)
+    next_family = family == "llava-next"
     llm, clip_vision = {}, {}
     for key, value in sd.items():
-        if key.startswith("model.language_model."):
+        if key == "model.image_newline":
+            llm[key] = value
+        elif next_family and key.startswith("model.vision_tower."):
+            llm["model.vision_tower.vision_tower.vision_model." + key[len("model.vision_tower.") :]] = value
+        elif key.startswith("model.language_model."):
             new = "model." + key[len("model.language_model.") :]
             llm[new] = value[: g.base_vocab].clone() if new == "model.embed_tokens.weight" else value
         elif key == "lm_head.weight":
@@ -359,6 +414,9 @@ def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_s
             "mm_patch_merge_type": "flat",
             "image_aspect_ratio": "pad",
             "tune_mm_mlp_adapter": False,
+            **({"mm_patch_merge_type": "spatial_unpad", "image_aspect_ratio": "anyres",
+                "image_grid_pinpoints": [list(p) for p in LLAVA_NEXT_GRID_PINPOINTS], "image_crop_resolution": 224,
+                "unfreeze_mm_vision_tower": True} if next_family else {}),
         },
     )
     write_sentencepiece_tokenizer(out, g.base_vocab)  # tokenizer.model only, as the released checkpoints
@@ -380,7 +438,9 @@ def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_s
         clip = CLIPModel._from_config(clip_cfg, dtype=torch.float32)
     finally:
         torch.random.set_rng_state(torch_state)
-    clip_sd = {k: v.contiguous() for k, v in clip.state_dict().items() if not k.startswith("vision_model.")}
+    keep_own_tower = next_family  # NeXT: the CLIP folder keeps its own random (pre-fine-tuning) tower weights
+    clip_sd = {k: v.contiguous() for k, v in clip.state_dict().items()
+               if keep_own_tower or not k.startswith("vision_model.")}
     clip_sd.update(clip_vision)
     os.makedirs(clip_dir, exist_ok=True)
     save_file(clip_sd, os.path.join(clip_dir, "model.safetensors"), metadata={"format": "pt"})
@@ -389,11 +449,13 @@ def write_original_layout(out: str, seed: int = 0, g: TinyGeometry = TINY, num_s
     return out
 
 
-def write_tiny_checkpoint(out: str, layout: str = "hf", seed: int = 0) -> str:
+def write_tiny_checkpoint(out: str, layout: str = "hf", seed: int = 0, family: str = "llava") -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
     if layout == "hf":
-        return write_hf_layout(out, seed)
+        return write_hf_layout(out, seed, family=family)
     if layout == "original":
-        return write_original_layout(out, seed)
+        return write_original_layout(out, seed, family=family)
     raise ValueError(f"unknown layout {layout!r}; choose 'hf' or 'original'")
 
 
@@ -402,9 +464,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to write the checkpoint to")
     parser.add_argument("--layout", choices=["hf", "original"], default="hf")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", choices=FAMILIES, default="llava",
+                        help="llava: LLaVA-1.5 (default); llava-next: LLaVA-NeXT / LLaVA-1.6 (anyres)")
     args = parser.parse_args(argv)
-    write_tiny_checkpoint(args.out, args.layout, args.seed)
-    print(f"wrote tiny LLaVA-1.5 checkpoint ({args.layout} layout, seed {args.seed}) to {args.out}")
+    write_tiny_checkpoint(args.out, args.layout, args.seed, args.family)
+    name = "LLaVA-NeXT" if args.family == "llava-next" else "LLaVA-1.5"
+    print(f"wrote tiny {name} checkpoint ({args.layout} layout, seed {args.seed}) to {args.out}")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def detect_layout(config: dict, model_path: str = "") -> str:
         return "hf"
     if kind == ("video_llava", "original"):
         return "original"
-    if kind is not None and kind[0] == "llava" and (kind[1] == "hf" or "mm_vision_tower" in config):
+    if kind is not None and kind[0] in ("llava", "llava_next") and (kind[1] == "hf" or "mm_vision_tower" in config):
         raise CheckpointError(
             f"{path} is an image LLaVA checkpoint (model_type={config.get('model_type')!r}), not Video-LLaVA: it has "
             "no video tower. Load it with llava.model.builder.load_pretrained_model"

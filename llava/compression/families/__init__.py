@@ -21,7 +21,7 @@ from typing import Any
 from llava.compression.families.contract import Family
 
 ENTRY_POINT_GROUP = "vtc_toolkit.families"
-BUILTIN_FAMILY_MODULES = ("llava.compression.families.llava",)
+BUILTIN_FAMILY_MODULES = ("llava.compression.families.llava", "llava.compression.families.llava_next")
 
 _FAMILIES: dict[str, Family] = {}
 
