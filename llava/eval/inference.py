@@ -1,4 +1,4 @@
-"""Batched LLaVA-1.5 generation, as the original evaluation does it, with any compression method.
+"""Batched LLaVA-1.5 / LLaVA-NeXT generation, as the original evaluation does it, with any compression method.
 
 Flow for one batch (ARCHITECTURE.md, "What flows through an evaluation"):
 
@@ -9,6 +9,11 @@ Flow for one batch (ARCHITECTURE.md, "What flows through an evaluation"):
 3. rows are left-padded and ``generate()`` receives the features as ``mm_encoder_outputs``, so the
    vision tower runs once per image and never on the padded rows;
 4. only the new tokens are decoded (``skip_special_tokens``, ``.strip()``), as LLaVA does.
+
+LLaVA-NeXT (LLaVA-1.6): each image is ``[crops, 3, H, W]`` (base image + anyres crops) with its ``(height, width)``
+size; images with different crop counts are zero-padded to the batch's largest count (the model reads each image's
+own count from its size and ignores the padding), and each image's run of tokens is as long as its own features
+(unpadded rows + ``image_newline`` per row, or 2880 with ``fixed-672``).
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class LlavaGenerator:
         self.conv_mode = conv_mode
         self.save_kept_tokens = save_kept_tokens
         self.image_token_id = model.config.image_token_id
+        self.is_next = hasattr(model.config, "image_grid_pinpoints")
         self.suppress = suppressed_token_ids(tokenizer, model.config)
 
     def build_prompt(self, message: str) -> str:
@@ -101,10 +107,16 @@ class LlavaGenerator:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
-    def encode_images(self, pixel_values: torch.Tensor) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-        """Image features (one ``[k_i, D]`` tensor per image) and one trace dict per image."""
+    def encode_images(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Image features (one ``[k_i, D]`` tensor per image) and one trace dict per image. LLaVA-NeXT needs
+        ``image_sizes`` (``[images, 2]``, height and width) with ``pixel_values`` of ``[images, crops, 3, H, W]``."""
         dtype = self.model.get_input_embeddings().weight.dtype
-        out = self.model.model.get_image_features(pixel_values=pixel_values.to(self.device, dtype))
+        kwargs: dict[str, Any] = {}
+        if image_sizes is not None:
+            kwargs["image_sizes"] = image_sizes.to(self.device)
+        out = self.model.model.get_image_features(pixel_values=pixel_values.to(self.device, dtype), **kwargs)
         features = list(out.pooler_output)
         traces = getattr(out, "compression_trace", None) or [{} for _ in features]
         traces = [dict(t, visual_tokens=int(f.shape[0])) for t, f in zip(traces, features)]
@@ -115,16 +127,28 @@ class LlavaGenerator:
 
     @torch.inference_mode()
     def generate(
-        self, messages: list[str], pixel_values: list[torch.Tensor | None], settings: GenerationSettings
+        self,
+        messages: list[str],
+        pixel_values: list[torch.Tensor | None],
+        settings: GenerationSettings,
+        image_sizes: list[tuple[int, int] | None] | None = None,
     ) -> list[SampleResult]:
-        """Answers for one batch. ``pixel_values[i]`` is ``[3, H, W]`` or ``None`` (text-only question)."""
+        """Answers for one batch. ``pixel_values[i]`` is ``[3, H, W]`` (LLaVA-1.5), ``[crops, 3, H, W]`` with
+        ``image_sizes[i] = (height, width)`` (LLaVA-NeXT), or ``None`` (text-only question)."""
         if len(messages) != len(pixel_values):
             raise ValueError("one pixel_values entry (or None) per message is required")
         with_image = [i for i, p in enumerate(pixel_values) if p is not None]
         features: list[torch.Tensor] = []
         traces: list[dict[str, Any]] = [{"visual_tokens": 0} for _ in messages]
         if with_image:
-            features, image_traces = self.encode_images(torch.stack([pixel_values[i] for i in with_image]))
+            if self.is_next:
+                if image_sizes is None or any(image_sizes[i] is None for i in with_image):
+                    raise ValueError("a LLaVA-NeXT model needs each image's (height, width) in image_sizes")
+                stacked = pad_crops([pixel_values[i] for i in with_image])
+                sizes = torch.tensor([list(image_sizes[i]) for i in with_image], dtype=torch.long)
+                features, image_traces = self.encode_images(stacked, sizes)
+            else:
+                features, image_traces = self.encode_images(torch.stack([pixel_values[i] for i in with_image]))
             for i, trace in zip(with_image, image_traces):
                 traces[i] = trace
 
@@ -163,6 +187,16 @@ class LlavaGenerator:
                 trace = {k: v for k, v in trace.items() if k not in KEPT_TOKEN_KEYS}
             results.append(SampleResult(text.strip(), trace))
         return results
+
+
+def pad_crops(crops: list[torch.Tensor]) -> torch.Tensor:
+    """``[images, max crops, 3, H, W]`` from one ``[crops_i, 3, H, W]`` tensor per image, zero-padded at the end
+    (LLaVA-NeXT keeps only the first ``crops_i`` of each image, counted from its size)."""
+    most = max(c.shape[0] for c in crops)
+    out = crops[0].new_zeros((len(crops), most, *crops[0].shape[1:]))
+    for i, c in enumerate(crops):
+        out[i, : c.shape[0]] = c
+    return out
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

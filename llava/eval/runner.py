@@ -48,7 +48,10 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
     p.add_argument("--question-file", required=True)
     p.add_argument("--image-folder", default="")
     p.add_argument("--answers-file", required=True)
-    p.add_argument("--conv-mode", default="vicuna_v1")
+    p.add_argument("--conv-mode", default="vicuna_v1",
+                   help="vicuna_v1 (LLaVA-1.5, LLaVA-1.6-Vicuna) | mistral_instruct (LLaVA-1.6-Mistral) | llava_v1")
+    p.add_argument("--next-grid", default="anyres", choices=["anyres", "fixed-672"],
+                   help="LLaVA-NeXT only: anyres (LLaVA-1.6 as released) | fixed-672 (FasterVLM's 2880-token grid)")
     p.add_argument("--num-chunks", type=int, default=1)
     p.add_argument("--chunk-idx", type=int, default=0)
     add_run_arguments(p, max_new_tokens, "image")
@@ -86,18 +89,21 @@ class _ItemImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int):
+        """``(index, pixels, image_size, error)``: ``image_size`` is ``(height, width)`` for LLaVA-NeXT, else None."""
         item = self.items[index]
         if not item.has_image:
-            return index, None, None
+            return index, None, None, None
         try:
             if item.image_b64 is not None:
                 image = load_image_b64(item.image_b64, f"question {item.question_id!r}")
             else:
                 image = load_image(item.image_path, convert_rgb=item.convert_rgb)
-            pixels = self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+            processed = self.image_processor(images=image, return_tensors="pt")
         except BadInputError as err:
-            return index, None, f"question {item.question_id!r}: {err}"
-        return index, pixels, None
+            return index, None, None, f"question {item.question_id!r}: {err}"
+        sizes = processed.get("image_sizes")
+        image_size = None if sizes is None else tuple(int(s) for s in sizes[0])
+        return index, processed["pixel_values"][0], image_size, None
 
 
 def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> None:
@@ -106,12 +112,11 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
     settings.validate()
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if checkpoint_family(args.model_path) == "llava_next":
-        raise CheckpointError(
-            f"{args.model_path} is a LLaVA-NeXT (LLaVA-1.6) checkpoint; the evaluation entry points run LLaVA-1.5 only "
-            "so far (LLaVA-NeXT loads with llava.model.builder.load_pretrained_model; its evaluation is not "
-            "integrated yet)"
-        )
+    next_grid = getattr(args, "next_grid", "anyres")
+    is_next = checkpoint_family(args.model_path) == "llava_next"
+    if next_grid != "anyres" and not is_next:
+        raise CheckpointError(f"--next-grid {next_grid} applies to LLaVA-NeXT checkpoints only; {args.model_path} is "
+                              "LLaVA-1.5 (drop --next-grid)")
     method = config_from_args(args, read_model_geometry(args.model_path, args.vision_tower))
     launch = launch_info()
     final_answers = args.answers_file
@@ -130,6 +135,8 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
     base_metadata = {"method": method.name, "method_args": method.to_dict(),
                      "run": run_metadata(args.conv_mode, args.max_new_tokens, args.temperature, args.top_p,
                                          args.num_beams, args.seed)}
+    if is_next:  # the grid changes every NeXT answer: a resume with the other grid is refused (metadata.run)
+        base_metadata["run"]["next_grid"] = next_grid
     with AnswerWriter(args.answers_file, record_settings({"model_id": model_id, "metadata": base_metadata}),
                       [it.key for it in items], overwrite=args.overwrite, retry_errors=args.retry_errors) as writer:
         todo = [it for it in items if not writer.is_answered(it.key)]
@@ -147,6 +154,7 @@ def _answer(args: argparse.Namespace, todo: list[EvalItem], writer: AnswerWriter
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, device=args.device, dtype=args.dtype,
         attn_implementation=args.attn_implementation, vision_tower=args.vision_tower,
+        next_grid=getattr(args, "next_grid", "anyres"),
     )
     if method.name != "none":
         from llava.compression import apply
@@ -160,17 +168,18 @@ def _answer(args: argparse.Namespace, todo: list[EvalItem], writer: AnswerWriter
     with tqdm(total=len(todo), unit="q", desc="answering", dynamic_ncols=True) as bar:
         for batch in loader:
             good = []
-            for index, pixels, error in batch:
+            for index, pixels, image_size, error in batch:
                 item = todo[index]
                 if error is None:
-                    good.append((item, pixels))
+                    good.append((item, pixels, image_size))
                 elif args.skip_bad_inputs:
                     writer.write(_record(item, "", model_id, dict(base_metadata, error=error)), item.key)
                 else:
                     raise BadInputError(error + " (rerun with --skip-bad-inputs to record it and go on)")
             if good:
-                results = generator.generate([it.message for it, _ in good], [p for _, p in good], settings)
-                for (item, _), result in zip(good, results):
+                results = generator.generate([it.message for it, _, _ in good], [p for _, p, _ in good], settings,
+                                             image_sizes=[s for _, _, s in good])
+                for (item, _, _), result in zip(good, results):
                     writer.write(_record(item, result.text, model_id, dict(base_metadata, **result.trace)), item.key)
                     answered += 1
                     if item.has_image:
