@@ -219,7 +219,7 @@ def _pre_llm(config, g, ctx, overhead_per_image: float, projector_per_image: int
 
 @register_counter("none")
 def _none(config, g, ctx):
-    return _counts(config, g, projector_tokens=g.visual_tokens, llm=constant_llm(g, g.visual_tokens))
+    return _counts(config, g, projector_tokens=g.projected_tokens, llm=constant_llm(g, g.visual_tokens))
 
 
 @register_counter("fastervlm")

@@ -7,7 +7,9 @@ and how many visual tokens one sample gives the LLM. Named geometries (``get_geo
 llava-1.5-7b   CLIP ViT-L/14-336 (24 layers, 1024 wide, 577 tokens), mlp2x_gelu, Vicuna-7B (32 x 4096, FFN 11008)
 llava-1.5-13b  same vision, Vicuna-13B (40 x 5120, FFN 13824)
 llava-next-7b  LLaVA-1.6-Vicuna-7B with AnyRes fixed at 672x672: 5 crops of 336 (base + 2x2) = 2880 visual tokens,
-               the "spatial" layout without unpad / newline tokens (FasterVLM's fixed-2880 convention)
+               the "spatial" layout without unpad / newline tokens (FasterVLM's fixed-2880 convention);
+               :func:`next_geometry_for_image` gives LLaVA-1.6's real anyres count for one image size instead
+               (base + grid crops, unpadded to the aspect ratio, one ``image_newline`` per row)
 video-llava-7b LanguageBind video tower (CLIP ViT-L/14 at 224: 257 tokens per frame, 24 layers with temporal
                attention over the 8 frames), 8 frames x 256 = 2048 visual tokens, Vicuna-7B
 tiny           :data:`llava.model.tiny.TINY` (the random test checkpoints)
@@ -62,6 +64,9 @@ class BenchGeometry:
     vocab_size: int = 32000
     text_tokens: int = DEFAULT_TEXT_TOKENS
     description: str = ""
+    # visual tokens the LLM receives per sample when they are not images x patches (LLaVA-NeXT anyres: unpadding and
+    # image_newline tokens); None = images_per_sample * patches_per_image
+    llm_visual_tokens: int | None = None
 
     # -- derived -------------------------------------------------------------------------------------------------
 
@@ -82,7 +87,15 @@ class BenchGeometry:
 
     @property
     def visual_tokens(self) -> int:
-        """Visual tokens one sample gives the LLM without compression (576, 2880, 2048)."""
+        """Visual tokens one sample gives the LLM without compression (576, 2880, 2048; LLaVA-NeXT anyres: its
+        unpadded count with newline tokens, :func:`next_geometry_for_image`)."""
+        if self.llm_visual_tokens is not None:
+            return self.llm_visual_tokens
+        return self.images_per_sample * self.patches_per_image
+
+    @property
+    def projected_tokens(self) -> int:
+        """Tokens through the projector without compression: every crop's patches (before any unpadding)."""
         return self.images_per_sample * self.patches_per_image
 
     @property
@@ -205,6 +218,38 @@ VIDEO_LLAVA_7B = BenchGeometry(
     description="Video-LLaVA-7B: LanguageBind video tower (ViT-L/14 at 224, temporal attention), "
     "8 frames x 256 = 2048 visual tokens, Vicuna-7B",
 )
+
+# LLaVA-1.6's image_grid_pinpoints (the same set read as (height, width) or (width, height))
+LLAVA_16_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+
+def next_geometry_for_image(
+    image_size: tuple[int, int],
+    mode: str = "anyres",
+    base: BenchGeometry = LLAVA_NEXT_7B,
+    pinpoints=LLAVA_16_PINPOINTS,
+) -> BenchGeometry:
+    """``base`` (a LLaVA-NeXT geometry) for one image of ``image_size`` = ``(height, width)`` px.
+
+    ``anyres`` (LLaVA-1.6 as released): the base image plus the crops of the grid chosen from ``pinpoints`` go
+    through the encoder and projector; the LLM receives the base crop's patches plus the merged crop map cut back to
+    the image's aspect ratio with one ``image_newline`` per row (:func:`llava.compression.families.anyres.
+    image_token_count`; 2928 for a square 672 x 672 image, 2328 for 336 x 1008). ``fixed-672`` (FasterVLM): 5 crops,
+    a constant 5 x 576 = 2880.
+    """
+    from llava.compression.families.anyres import crop_count, image_token_count
+
+    size = (int(image_size[0]), int(image_size[1]))
+    crops = crop_count(size, mode=mode, pinpoints=pinpoints, crop_size=base.image_size)
+    tokens = image_token_count(size, mode=mode, pinpoints=pinpoints, crop_size=base.image_size,
+                               patch_size=base.patch_size)
+    return base.replace(
+        name=f"{base.name}@{size[0]}x{size[1]}-{mode}",
+        images_per_sample=crops,
+        llm_visual_tokens=None if tokens == crops * base.patches_per_image else tokens,
+        description=f"{base.name}, one {size[0]}x{size[1]} (HxW) image, {mode}: {crops} crops, {tokens} visual tokens",
+    )
+
 
 _NAMED: dict[str, BenchGeometry] = {g.name: g for g in (LLAVA_15_7B, LLAVA_15_13B, LLAVA_NEXT_7B, VIDEO_LLAVA_7B)}
 _ALIASES = {

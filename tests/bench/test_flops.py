@@ -3,7 +3,12 @@
 import pytest
 
 from llava.bench import flops as F
-from llava.bench.geometries import BenchGeometry, geometry_for_checkpoint, get_geometry
+from llava.bench.geometries import (
+    BenchGeometry,
+    geometry_for_checkpoint,
+    get_geometry,
+    next_geometry_for_image,
+)
 from llava.compression.registry import Stage, available_methods, get_method
 
 T = 1e12
@@ -200,3 +205,31 @@ def test_flops_cli(capsys):
     assert F.main(["--model-config", "llava-1.5-7b", "--methods", "none,fastervlm", "--tokens", "64"]) == 0
     out = capsys.readouterr().out
     assert "| fastervlm | 64 | 64 | 64.0 |" in out and "| none |" in out
+
+
+@pytest.mark.parametrize("size, crops, rows, cols", [
+    ((672, 672), 5, 48, 48),  # 2 x 2 grid, nothing unpadded
+    ((480, 640), 5, 36, 48),  # 2 x 2 grid, 48 columns -> 480 * 48 / 640 = 36 rows
+    ((336, 1008), 4, 24, 72),  # 1 x 3 grid
+])
+def test_next_anyres_geometry_counts_unpadded_tokens_and_newlines(size, crops, rows, cols):
+    g = next_geometry_for_image(size)
+    counts = F.token_counts("none", g)
+    assert g.images_per_sample == crops
+    assert counts.visual_tokens == 576 + rows * cols + rows  # base crop + unpadded map + one newline per row
+    assert counts.projector_tokens == crops * 576  # every crop is projected before unpadding
+    n = counts.visual_tokens + 60
+    closed = 32 * (2 * n * (4 * 4096**2 + 3 * 4096 * 11008) + 4 * n * n * 4096)
+    assert F.prefill_flops(geometry=g, convention="llm") == closed
+    assert F.flops_breakdown("none", g).vision == crops * F.flops_breakdown("none", "llava-1.5-7b").vision
+
+
+@pytest.mark.parametrize("size", [(672, 672), (480, 640), (336, 1008), (90, 120)])
+def test_next_fixed_grid_is_2880_and_the_published_42_7_t(size):
+    g = next_geometry_for_image(size, mode="fixed-672")
+    assert g.visual_tokens == 2880 and g.images_per_sample == 5
+    n = 2880 + 60
+    closed = 32 * (2 * n * (4 * 4096**2 + 3 * 4096 * 11008) + 4 * n * n * 4096)
+    assert F.prefill_flops(geometry=g, convention="llm") == closed == F.prefill_flops(geometry="llava-next-7b",
+                                                                                      convention="llm")
+    assert closed / T == pytest.approx(42.7, abs=0.1)  # FiCoCo: LLaVA-NeXT-7B vanilla 42.7 T
