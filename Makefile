@@ -40,23 +40,35 @@ clean:
 	rm -rf demo_out .pytest_cache
 
 # Every method x benchmark script end to end on the tiny checkpoint and the mini fixtures (CPU; 204 runs, each
-# loading the tiny model, so far longer than the demo).
+# loading the tiny model, so far longer than the demo; then scripts/v1_6 on the tiny LLaVA-NeXT checkpoint).
 # The tiny LLM has 4 decoder layers, so in-LLM methods whose default layers are deeper get shallower ones
 # (and PyramidDrop a budget its layer average can reach).
 TINY_KNOBS_PDrop      := -- --pdrop-layers 1,2,3
 TINY_KNOBS_SparseVLM  := -- --sparsevlm-layers 0,1,2
 TINY_KNOBS_FiCoCo-L   := 2
 TINY_KNOBS_FiCoCo-VL  := 2
-eval-mini: $(STAMP)
-	$(PY) -m llava.model.tiny --out demo_out/checkpoints/tiny-llava-v1.5
-	$(PY) -m llava.data.mini --out demo_out/eval-mini
-	set -e; for script in scripts/v1_5/eval/*/*.sh; do \
-	  method=$$(basename $$(dirname $$script)); \
+# the arguments of one script in $$script (method folder = its parent): the budget and the tiny knobs
+TINY_SCRIPT_ARGS = method=$$(basename $$(dirname $$script)); \
 	  case $$method in baseline) args="";; PDrop) args="192 $(TINY_KNOBS_PDrop)";; \
 	    SparseVLM) args="64 $(TINY_KNOBS_SparseVLM)";; FiCoCo-L) args="64 $(TINY_KNOBS_FiCoCo-L)";; \
 	    FiCoCo-VL) args="64 $(TINY_KNOBS_FiCoCo-VL)";; *) args="64";; esac; \
-	  case $$args in *--*) extra="";; *) extra="--";; esac; \
+	  case $$args in *--*) extra="";; *) extra="--";; esac
+# scripts/v1_6 (LLaVA-NeXT) runs on the tiny NeXT checkpoint for the methods the llava-next family integrates
+# (`python -m llava.eval.make_scripts --supported llava-next`; the others are refused by the family).
+eval-mini: $(STAMP)
+	$(PY) -m llava.model.tiny --out demo_out/checkpoints/tiny-llava-v1.5
+	$(PY) -m llava.model.tiny --family llava-next --out demo_out/checkpoints/tiny-llava-next
+	$(PY) -m llava.data.mini --out demo_out/eval-mini
+	set -e; for script in scripts/v1_5/eval/*/*.sh; do \
+	  $(TINY_SCRIPT_ARGS); \
 	  MODEL_PATH=demo_out/checkpoints/tiny-llava-v1.5 DATA_ROOT=demo_out/eval-mini CUDA_VISIBLE_DEVICES= \
 	    bash $$script $$args $$extra --max_new_tokens 16 --num-workers 0; \
+	done
+	set -e; for folder in $$($(PY) -m llava.eval.make_scripts --supported llava-next); do \
+	  for script in scripts/v1_6/eval/$$folder/*.sh; do \
+	    $(TINY_SCRIPT_ARGS); \
+	    MODEL_PATH=demo_out/checkpoints/tiny-llava-next DATA_ROOT=demo_out/eval-mini CUDA_VISIBLE_DEVICES= \
+	      bash $$script $$args $$extra --max_new_tokens 16 --num-workers 0; \
+	  done; \
 	done
 	$(PY) -m llava.eval.summarize --root demo_out/eval-mini

@@ -22,9 +22,10 @@ def data_root(tmp_path_factory) -> str:
     return root
 
 
-def _script(rel: str, *args: str, env_extra: dict, check: bool = True) -> subprocess.CompletedProcess:
+def _script(rel: str, *args: str, env_extra: dict, check: bool = True, version: str = "v1_5"
+            ) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, **env_extra)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "v1_5", "eval", rel), *args], env=env,
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", version, "eval", rel), *args], env=env,
                           capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,12 +36,33 @@ def _strip(answers: list[dict]) -> list[tuple]:
     return [(a["question_id"], a.get("round_id"), a["text"], json.dumps(a["metadata"], sort_keys=True)) for a in answers]
 
 
-def test_scripts_are_generated_from_the_registries():
-    assert make_scripts_main(["--check"]) == 0
-    scripts = expected_scripts()
+@pytest.mark.parametrize("version", ["v1_5", "v1_6"])
+def test_scripts_are_generated_from_the_registries(version):
+    assert make_scripts_main(["--check", "--version", version]) == 0
+    scripts = expected_scripts(version)
     assert "VTC-CLS/sqa.sh" in scripts and "baseline/pope.sh" in scripts and "FasterVLM/mme.sh" in scripts
     for rel in scripts:
-        assert os.access(os.path.join(ROOT, "scripts", "v1_5", "eval", rel), os.X_OK)
+        assert os.access(os.path.join(ROOT, "scripts", version, "eval", rel), os.X_OK)
+        assert f"scripts/{version}/eval/" in scripts[rel]
+
+
+def test_v1_6_script_runs_the_tiny_next_checkpoint_end_to_end(tiny_next_hf, data_root):
+    env = {"MODEL_PATH": tiny_next_hf, "DATA_ROOT": data_root, "CUDA_VISIBLE_DEVICES": "", "BATCH_SIZE": "3"}
+    proc = _script("baseline/pope.sh", "--", "--max_new_tokens", "4", env_extra=env, version="v1_6")
+    label = "none_max-new-tokens-4"
+    answers = read_jsonl(os.path.join(data_root, "pope", "answers", "tiny-llava-next-hf", label, "full.jsonl"))
+    assert answers and all(a["metadata"]["run"]["next_grid"] == "anyres" for a in answers)
+    assert all(a["metadata"]["visual_tokens"] > 0 for a in answers)
+    results_dir = os.path.join(data_root, "pope", "results", "tiny-llava-next-hf", label)
+    assert len(os.listdir(results_dir)) == 1 and "merged" in proc.stdout
+
+
+def test_v1_6_scripts_default_to_the_llava_16_checkpoint(data_root):
+    env = {k: v for k, v in os.environ.items() if k not in ("CKPT", "MODEL_PATH")}
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "v1_6", "eval", "baseline", "pope.sh")],
+                          env=dict(env, PYTHON=sys.executable, DATA_ROOT=data_root), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "checkpoints/llava-v1.6-vicuna-7b not found" in proc.stderr
 
 
 @pytest.mark.parametrize("rel, args, bench_dir, label, budget", [
@@ -156,3 +178,17 @@ def test_settings_after_the_double_dash_get_their_own_answers(tiny_hf, tmp_path)
         runs[k] = read_jsonl(os.path.join(answers_root, f"fastv_fastv-k-{k}_max-new-tokens-2", "64.jsonl"))
     assert [a["metadata"]["method_args"]["fastv_k"] for a in runs["1"] + runs["3"]] == [1] * 6 + [3] * 6
     assert sorted(os.listdir(answers_root)) == ["fastv_fastv-k-1_max-new-tokens-2", "fastv_fastv-k-3_max-new-tokens-2"]
+
+
+def test_eval_mini_lists_the_next_methods_the_family_runs(capsys):
+    from llava.compression.families import get_family
+    from llava.compression.registry import get_method
+    from llava.eval.make_scripts import DISPLAY
+
+    assert make_scripts_main(["--supported", "llava-next"]) == 0
+    folders = capsys.readouterr().out.split()
+    family = get_family("llava-next")
+    assert "baseline" in folders
+    for name in DISPLAY:  # exactly the methods the family does not refuse
+        assert (DISPLAY[name] in folders) == (family.refusal(get_method(name)) is None)
+    assert make_scripts_main(["--supported", "no-such-family"]) == 2
