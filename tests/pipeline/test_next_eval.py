@@ -63,3 +63,22 @@ def test_fixed_grid_on_llava_15_is_one_clear_line(tiny_hf, vqa_questions, image_
 def test_mistral_instruct_prompt_is_llava_16_mistral_template():
     assert build_prompt("What is it?", "mistral_instruct") == "[INST] <image>\nWhat is it? [/INST]"
     assert build_prompt("What is it?", "mistral_instruct", with_image=False) == "[INST] What is it? [/INST]"
+
+
+def test_a_method_on_next_goes_to_the_family_which_answers_in_one_line(tiny_next_hf, vqa_questions, image_folder,
+                                                                      tmp_path, capsys):
+    from llava.compression.families import get_family
+    from llava.compression.registry import get_method
+
+    refusal = get_family("llava-next").refusal(get_method("fastervlm"))
+    args = ("--method", "fastervlm", "--visual-token-num", "8")
+    if refusal is None:  # integrated: the run compresses every crop
+        answers = _run(tiny_next_hf, vqa_questions, image_folder, str(tmp_path / "m.jsonl"), *args)
+        assert all(a["metadata"]["method"] == "fastervlm" for a in answers)
+        return
+    with pytest.raises(SystemExit) as exc:
+        _run(tiny_next_hf, vqa_questions, image_folder, str(tmp_path / "m.jsonl"), *args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1 and "fastervlm" in errors[0]
