@@ -82,3 +82,12 @@ def test_a_method_on_next_goes_to_the_family_which_answers_in_one_line(tiny_next
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert "Traceback" not in err and len(errors) == 1 and "fastervlm" in errors[0]
+
+
+def test_resume_with_the_other_grid_is_refused(tiny_next_hf, vqa_questions, image_folder, tmp_path, capsys):
+    answers_file = str(tmp_path / "g.jsonl")
+    first = _run(tiny_next_hf, vqa_questions, image_folder, answers_file, "--batch-size", "6")
+    with pytest.raises(SystemExit) as exc:
+        _run(tiny_next_hf, vqa_questions, image_folder, answers_file, "--next-grid", "fixed-672")
+    assert exc.value.code == 2 and "next_grid" in capsys.readouterr().err
+    assert read_jsonl(answers_file) == first
