@@ -864,9 +864,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tokens", default="64,128,192", help="comma-separated budgets")
     p.add_argument("--text-tokens", type=int, default=None, help="non-visual prompt tokens (default 60)")
     p.add_argument("--kv-bytes", type=int, default=2, help="bytes per cached value (2 = fp16/bf16)")
+    p.add_argument("--image-size", default=None, metavar="HxW",
+                   help="LLaVA-NeXT only: count one image of this size (height x width px), e.g. 480x640")
+    p.add_argument("--next-grid", default="anyres", choices=["anyres", "fixed-672"],
+                   help="LLaVA-NeXT with --image-size: anyres (LLaVA-1.6's real count) | fixed-672 (2880)")
     args = p.parse_args(argv)
     try:
         geometry = get_geometry(args.model_config)
+        if args.image_size is not None:
+            geometry = _next_image_geometry(geometry, args.image_size, args.next_grid)
         methods = sweep_methods(args.methods)
         budgets = [int(t) for t in args.tokens.split(",") if t.strip()]
     except (KeyError, ValueError, CompressionConfigError) as err:
@@ -877,6 +883,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{geometry.name}: {geometry.description}; {text} text tokens; FLOPs per sample (module docstring)\n")
     print(markdown_table(rows), end="")
     return 0
+
+
+def _next_image_geometry(geometry: BenchGeometry, image_size: str, mode: str) -> BenchGeometry:
+    """``geometry`` (a LLaVA-NeXT one) for one image of ``image_size`` = ``"HxW"``."""
+    from llava.bench.geometries import LLAVA_NEXT_7B, next_geometry_for_image
+
+    if geometry.name != LLAVA_NEXT_7B.name:
+        raise ValueError(f"--image-size applies to LLaVA-NeXT geometries only ({LLAVA_NEXT_7B.name}), "
+                         f"not {geometry.name}")
+    parts = image_size.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--image-size {image_size!r}: give height x width in pixels, e.g. 480x640")
+    return next_geometry_for_image((int(parts[0]), int(parts[1])), mode, base=geometry)
 
 
 if __name__ == "__main__":

@@ -233,3 +233,16 @@ def test_next_fixed_grid_is_2880_and_the_published_42_7_t(size):
     assert F.prefill_flops(geometry=g, convention="llm") == closed == F.prefill_flops(geometry="llava-next-7b",
                                                                                       convention="llm")
     assert closed / T == pytest.approx(42.7, abs=0.1)  # FiCoCo: LLaVA-NeXT-7B vanilla 42.7 T
+
+
+def test_flops_cli_counts_one_next_image(capsys):
+    assert F.main(["--model-config", "llava-next-7b", "--image-size", "480x640", "--methods", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "| none |  | 2340 |" in out  # 576 + 36 rows x 48 + 36 newlines
+    assert F.main(["--model-config", "llava-next-7b", "--image-size", "480x640", "--next-grid", "fixed-672",
+                   "--methods", "none"]) == 0
+    assert "| none |  | 2880 |" in capsys.readouterr().out
+    assert F.main(["--model-config", "llava-1.5-7b", "--image-size", "480x640"]) == 2
+    assert F.main(["--model-config", "llava-next-7b", "--image-size", "480"]) == 2
+    err = capsys.readouterr().err
+    assert "LLaVA-NeXT geometries only" in err and "height x width" in err
