@@ -310,6 +310,18 @@ def geometry_from_config_file(model_path: str) -> BenchGeometry:
     """Read a checkpoint folder's config (llava-hf layout, or original layout with its CLIP folder)."""
     with open(os.path.join(model_path, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
+    from llava.model.builder import checkpoint_family
+
+    if checkpoint_family(model_path) == "llava_next":  # the fixed-grid convention of llava-next-7b: base + 2 x 2
+        geometry = _geometry_of_layout(model_path, cfg)
+        return geometry.replace(images_per_sample=LLAVA_NEXT_7B.images_per_sample,
+                                description=f"{geometry.name}: LLaVA-NeXT, fixed 672 grid (5 crops); "
+                                "next_geometry_for_image counts one image's anyres tokens")
+    return _geometry_of_layout(model_path, cfg)
+
+
+def _geometry_of_layout(model_path: str, cfg: dict) -> BenchGeometry:
+    """One crop's geometry from a checkpoint's ``config.json`` (either layout)."""
     if "vision_config" in cfg and "text_config" in cfg:
         return geometry_from_hf_config(cfg, name=os.path.basename(os.path.normpath(model_path)))
     from llava.model.original_layout import resolve_vision_tower

@@ -246,3 +246,10 @@ def test_flops_cli_counts_one_next_image(capsys):
     assert F.main(["--model-config", "llava-next-7b", "--image-size", "480"]) == 2
     err = capsys.readouterr().err
     assert "LLaVA-NeXT geometries only" in err and "height x width" in err
+
+
+def test_a_next_checkpoint_folder_counts_five_crops(tiny_next_hf, tiny_next_original, tiny_hf):
+    hf, original = geometry_for_checkpoint(tiny_next_hf), geometry_for_checkpoint(tiny_next_original)
+    assert hf.images_per_sample == original.images_per_sample == 5
+    assert hf.visual_tokens == 5 * hf.patches_per_image
+    assert geometry_for_checkpoint(tiny_hf).images_per_sample == 1
