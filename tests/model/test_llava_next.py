@@ -254,20 +254,6 @@ def test_llava_next_family_is_registered_and_refuses_methods_for_now(next_hf):
     assert compression.apply(model, "none") is model
 
 
-def test_eval_entry_point_refuses_llava_next_in_one_line(tiny_next_hf, vqa_questions, image_folder, tmp_path, capsys):
-    """Evaluation on NeXT is a later step: until then the entry points say so (exit 2, one line, no answers)."""
-    from llava.eval import model_vqa_loader
-
-    answers = tmp_path / "a.jsonl"
-    with pytest.raises(SystemExit) as exc:
-        model_vqa_loader.main(["--model-path", tiny_next_hf, "--question-file", vqa_questions, "--image-folder",
-                               image_folder, "--answers-file", str(answers), "--num-workers", "0"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "is a LLaVA-NeXT (LLaVA-1.6) checkpoint" in err
-    assert not answers.exists()
-
-
 def test_video_llava_loader_names_a_llava_next_checkpoint_as_image_llava(tiny_next_hf):
     from videollava.model.builder import detect_layout as video_detect_layout
 
