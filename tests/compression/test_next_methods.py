@@ -240,3 +240,46 @@ def test_budget_larger_than_a_crop_is_one_clear_error(anyres_model):
 def test_in_encoder_methods_are_refused_naming_the_stage(anyres_model):
     with pytest.raises(CompressionConfigError, match="'tome' acts at stage.*vision_encoder.*'llava-next'"):
         compression.apply(anyres_model[1], "tome")
+
+
+# -- global budget -----------------------------------------------------------------------------------------------------
+
+
+def test_global_budget_keeps_the_top_scores_over_all_crops(fixed_model):
+    """``budget_mode="global"``: T x 5 tokens per image, the highest [CLS] scores over all five crops (every kept
+    score >= every dropped one); crops keep different counts; keep-all still equals no method."""
+    from llava.compression.families.llava import tower_signals
+    from llava.compression.methods.fastervlm import cls_patch_scores
+
+    _, model, processor, _ = fixed_model
+    width, height = ASPECTS[0]
+    image = picture(width, height)
+    (reference,) = packed(model, processor, [image])
+    compression.apply(model, "fastervlm", visual_token_num=576, budget_mode="global")
+    assert torch.equal(packed(model, processor, [image])[0], reference)
+    compression.apply(model, "fastervlm", visual_token_num=20, budget_mode="global")
+    (kept,) = packed(model, processor, [image])
+    (trace,) = compression.last_trace(model)
+    per_crop = [c["visual_tokens"] for c in trace["crops"]]
+    assert kept.shape[0] == sum(per_crop) == 5 * 20 and len(set(per_crop)) > 1
+    config = compression.applied_config(model)
+    geometry = llava_next.model_geometry(model)
+    inputs = processor(images=[image], return_tensors="pt")
+    with torch.no_grad():
+        signals, _ = tower_signals(model.model.vision_tower, inputs["pixel_values"][0], config.probe_layers(geometry),
+                                   geometry, model.model.multi_modal_projector)
+    scores = cls_patch_scores(signals, signals.feature_layer, config.head_reduction)
+    chosen = torch.zeros_like(scores, dtype=torch.bool)
+    for c, crop in enumerate(trace["crops"]):
+        chosen[c, crop["kept_indices"]] = True
+    assert scores[chosen].min() >= scores[~chosen].max()
+    # packing as per crop: base crop's kept tokens, then the grid crops' in the merged map's raster order
+    keep = kept_map(model, (height, width), FIXED_672, trace["crops"]).reshape(-1)
+    assert torch.equal(kept[per_crop[0]:], reference[576:][keep])
+
+
+def test_global_budget_is_refused_for_other_methods_and_unknown_modes(anyres_model):
+    with pytest.raises(CompressionConfigError, match="global is implemented for fastervlm only"):
+        compression.apply(anyres_model[1], "vtc-cls", visual_token_num=8, budget_mode="global")
+    with pytest.raises(CompressionConfigError, match="budget_mode must be one of per-crop, global"):
+        compression.apply(anyres_model[1], "fastervlm", visual_token_num=8, budget_mode="per-video")

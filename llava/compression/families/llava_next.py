@@ -45,8 +45,10 @@ from llava.compression.families.llava import (
     reduce_and_project,
     tower_signals,
 )
+from llava.compression.methods.fastervlm import FasterVLMConfig, cls_patch_scores
 from llava.compression.placeholders import find_image_spans, restore_prompts, shrink_placeholder_runs
-from llava.compression.pre_llm import PreLLMMethod, Reduction
+from llava.compression.pre_llm import PreLLMMethod, Reduction, selection_reduction
+from llava.compression.primitives import topk_indices
 from llava.compression.registry import (
     CompressionConfigError,
     MethodConfig,
@@ -60,6 +62,8 @@ from llava.compression.registry import (
 FAMILY_NAME = "llava-next"
 GRID_ATTR = "_llava_next_grid"  # on the LlavaNextModel instance: (mode, the checkpoint's own pinpoints)
 STATE_ATTR = "_vtc_next_compression_state"  # on the LlavaNextModel instance while a pre-LLM method is applied
+PER_CROP, GLOBAL = "per-crop", "global"
+BUDGET_MODES = (PER_CROP, GLOBAL)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class _State:
     geometry: ModelGeometry
     layers: tuple[int, ...]
     saved: dict[str, tuple[Any, Any]]  # attribute -> (owner, previous instance attribute or None)
+    budget_mode: str = PER_CROP
     last_trace: list[dict[str, Any]] | None = None
 
 
@@ -147,11 +152,20 @@ def _pack_spatial(self: Any, image_features, image_sizes, vision_feature_select_
 # -- applying a method -----------------------------------------------------------------------------------------------
 
 
-def apply(model: Any, method: str | MethodConfig, **options: Any) -> Any:
+def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None, **options: Any) -> Any:
     """Apply ``method`` to this LLaVA-NeXT instance (pre-LLM: per crop; in-LLM: on the full sequence); returns
-    ``model``. ``"none"`` removes what is applied. Validation (stages, [CLS], the per-crop budget) comes first."""
+    ``model``. ``"none"`` removes what is applied. Validation (stages, [CLS], the per-crop budget) comes first.
+
+    ``budget_mode`` (pre-LLM only): ``"per-crop"`` (default, FasterVLM's convention: ``T`` per crop) or
+    ``"global"`` (fastervlm only: one budget of ``T`` x crops per image, the top scores over all its crops)."""
     config = FAMILY.build_config(model, method, **options)
     spec = get_method(config.name)
+    if budget_mode is not None and budget_mode not in BUDGET_MODES:
+        raise CompressionConfigError(f"budget_mode must be one of {', '.join(BUDGET_MODES)}, got {budget_mode!r}")
+    if budget_mode == GLOBAL and not isinstance(config, FasterVLMConfig):
+        raise CompressionConfigError(
+            f"budget_mode global is implemented for fastervlm only on LLaVA-NeXT (method {config.name!r} is per crop)"
+        )
     remove(model)
     if isinstance(config, NoCompression):
         return model
@@ -174,7 +188,8 @@ def apply(model: Any, method: str | MethodConfig, **options: Any) -> Any:
         "generate": (model, model.__dict__.get("generate")),
     }
     layers = tuple(sorted(set(config.probe_layers(geometry))))
-    base.__dict__[STATE_ATTR] = _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved)
+    base.__dict__[STATE_ATTR] = _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved,
+                                       budget_mode=budget_mode or PER_CROP)
     base.get_image_features = types.MethodType(_get_image_features, base)
     model.generate = types.MethodType(_generate, model)
     return model
@@ -346,7 +361,12 @@ def _get_image_features(
         self.vision_tower, pixel_values, state.layers, state.geometry, self.multi_modal_projector,
         with_image_keys=state.config.needs_image_keys, **kwargs,
     )
-    feats, reduction = reduce_and_project(state.config, signals, self.multi_modal_projector)
+    if state.budget_mode == GLOBAL:
+        reduction = _global_selection(state.config, signals, crops_per_image)
+        counts = [int(f.shape[0]) for f in reduction.features]
+        feats = list(torch.split(self.multi_modal_projector(torch.cat(reduction.features)), counts))
+    else:
+        feats, reduction = reduce_and_project(state.config, signals, self.multi_modal_projector)
     saved = self.__dict__.get(GRID_ATTR)
     mode = ANYRES if saved is None else saved[0]
     packed, traces, start = [], [], 0
@@ -354,7 +374,7 @@ def _get_image_features(
         crops = range(start, start + count)
         positions = [_token_positions(reduction, c) for c in crops]
         packed.append(_pack_kept(self, feats[start : start + count], positions, size, mode))
-        traces.append({"visual_tokens": int(packed[-1].shape[0]), "grid_mode": mode,
+        traces.append({"visual_tokens": int(packed[-1].shape[0]), "grid_mode": mode, "budget_mode": state.budget_mode,
                        "crops": [reduction.trace(c) for c in crops]})
         start += count
     state.last_trace = traces
@@ -365,6 +385,27 @@ def _get_image_features(
         attentions=out.attentions,
         compression_trace=traces,
     )
+
+
+def _global_selection(config: FasterVLMConfig, signals: Any, crops_per_image: list[int]) -> Reduction:
+    """FasterVLM with one budget per image: ``T`` x (its crops) tokens, the top [CLS]-attention scores over all its
+    crops' patches (each crop's score is a distribution over its own patches, so they compare across crops); a crop
+    may keep any count, none included. Ascending per crop."""
+    scores = cls_patch_scores(signals, signals.feature_layer, config.head_reduction)  # [crops, N]
+    n = scores.shape[1]
+    patches = signals.patches
+    feats, kept, groups, start = [], [], [], 0
+    for count in crops_per_image:
+        picks = topk_indices(scores[start : start + count].reshape(1, count * n), config.visual_token_num * count)[0]
+        crop_of, patch_of = picks // n, picks % n
+        for c in range(count):
+            idx = patch_of[crop_of == c]
+            one = selection_reduction(patches[start + c : start + c + 1], idx[None])
+            feats.append(one.features[0])
+            kept.append(one.kept_indices[0])
+            groups.append(one.groups[0])
+        start += count
+    return Reduction(features=feats, kept_indices=kept, groups=groups)
 
 
 def _generate(self: Any, inputs: torch.Tensor | None = None, *args: Any, **kwargs: Any):
