@@ -283,3 +283,13 @@ def test_global_budget_is_refused_for_other_methods_and_unknown_modes(anyres_mod
         compression.apply(anyres_model[1], "vtc-cls", visual_token_num=8, budget_mode="global")
     with pytest.raises(CompressionConfigError, match="budget_mode must be one of per-crop, global"):
         compression.apply(anyres_model[1], "fastervlm", visual_token_num=8, budget_mode="per-video")
+
+
+def test_describe_records_grid_and_budget_mode(fixed_model):
+    from llava.compression.families import family_for
+
+    model = fixed_model[1]
+    compression.apply(model, "fastervlm", visual_token_num=16, budget_mode="global")
+    described = family_for(model).describe(model)
+    assert (described["method"], described["grid_mode"], described["budget_mode"]) == ("fastervlm", FIXED_672, "global")
+    assert described["method_args"]["visual_token_num"] == 16

@@ -488,6 +488,20 @@ class LlavaNextFamily(Family):
     def last_trace(self, model: Any) -> list[dict[str, Any]] | None:
         return last_trace(model)
 
+    def describe(self, model: Any) -> dict[str, Any]:
+        """The base description plus the grid mode and, for a pre-LLM method, its budget mode."""
+        described = {**super().describe(model), "grid_mode": grid_mode(model)}
+        state = _state_of(model)
+        if state is not None:
+            described["budget_mode"] = state.budget_mode
+        return described
+
+    def prepare_multimodal_inputs(self, model: Any, input_ids: Any, attention_mask: Any, pixel_values: Any,
+                                  image_sizes: Any = None, **kwargs: Any):
+        if image_sizes is None:
+            raise ValueError("LLaVA-NeXT needs image_sizes with pixel_values (the image processor returns them)")
+        return prepare_multimodal_inputs(model, input_ids, attention_mask, pixel_values, image_sizes, **kwargs)
+
     def model_geometry(self, model: Any) -> ModelGeometry:
         return model_geometry(model)
 
