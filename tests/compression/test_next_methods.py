@@ -105,8 +105,9 @@ def kept_map(model, image_size, mode, crop_traces) -> torch.Tensor:
 # -- keep-all == no method ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", ["fastervlm", "tome"])
 @pytest.mark.parametrize("mode", [ANYRES, FIXED_672])
-def test_keep_all_equals_no_method_bit_for_bit(anyres_model, fixed_model, mode):
+def test_keep_all_equals_no_method_bit_for_bit(anyres_model, fixed_model, mode, method):
     loaded = anyres_model if mode == ANYRES else fixed_model
     model, processor = loaded[1], loaded[2]
     images = [picture(w, h) for w, h in ASPECTS]
@@ -114,7 +115,7 @@ def test_keep_all_equals_no_method_bit_for_bit(anyres_model, fixed_model, mode):
     counts = [int(f.shape[0]) for f in reference]
     ref_logits = logits(loaded, images[0], counts[:1])
     ref_answers = generate(loaded, images, counts)
-    compression.apply(model, "fastervlm", visual_token_num=576)
+    compression.apply(model, method, visual_token_num=576)
     kept = packed(model, processor, images)
     assert [int(f.shape[0]) for f in kept] == counts
     for a, b in zip(kept, reference):
@@ -237,9 +238,28 @@ def test_budget_larger_than_a_crop_is_one_clear_error(anyres_model):
     assert compression.applied_config(anyres_model[1]).name == "none"
 
 
-def test_in_encoder_methods_are_refused_naming_the_stage(anyres_model):
-    with pytest.raises(CompressionConfigError, match="'tome' acts at stage.*vision_encoder.*'llava-next'"):
-        compression.apply(anyres_model[1], "tome")
+def test_in_encoder_plus_llm_method_is_refused_naming_the_stages(anyres_model):
+    with pytest.raises(CompressionConfigError, match="'ficoco-vl' acts at stages.*in-encoder merging runs alone"):
+        compression.apply(anyres_model[1], "ficoco-vl")
+
+
+@pytest.mark.parametrize("mode", [ANYRES, FIXED_672])
+def test_in_encoder_tome_merges_per_crop_and_batches_like_singles(anyres_model, fixed_model, mode):
+    loaded = anyres_model if mode == ANYRES else fixed_model
+    model, processor = loaded[1], loaded[2]
+    images = [picture(w, h) for w, h in ASPECTS]
+    full_counts = [int(f.shape[0]) for f in packed(model, processor, images)]
+    compression.apply(model, "tome", visual_token_num=64)
+    batch = packed(model, processor, images)
+    traces = compression.last_trace(model)
+    for image, features, trace in zip(images, batch, traces):
+        assert all(c["visual_tokens"] == 64 for c in trace["crops"])
+        assert features.shape[0] == trace["visual_tokens"]
+        if mode == FIXED_672:
+            assert trace["visual_tokens"] == 64 * len(trace["crops"])
+        torch.testing.assert_close(packed(model, processor, [image])[0], features)
+    answers = generate(loaded, images, full_counts)
+    assert answers.shape[0] == 3
 
 
 # -- global budget -----------------------------------------------------------------------------------------------------

@@ -249,8 +249,8 @@ def test_llava_next_family_is_registered_and_refuses_in_encoder_methods(next_hf)
     assert (geometry.num_patches, geometry.grid, geometry.has_cls) == (576, (24, 24), True)
     units = family.unit_geometries(model, image_sizes=[(333, 500), (1000, 1000)])
     assert len(units) == (1 + 2) + (1 + 4)
-    with pytest.raises(CompressionConfigError, match="'tome' acts at stage.*'llava-next' does not integrate"):
-        compression.apply(model, "tome")
+    with pytest.raises(CompressionConfigError, match="'ficoco-vl' acts at stages.*on LLaVA-NeXT"):
+        compression.apply(model, "ficoco-vl")
     assert compression.apply(model, "none") is model
 
 

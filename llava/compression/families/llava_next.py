@@ -6,7 +6,7 @@ visual unit is (one crop's 24x24 CLIP grid with [CLS]) and which units an image 
 model instance (:func:`set_grid_mode`): LLaVA-1.6's own ``anyres`` packing, or FasterVLM's ``fixed-672`` setting
 (grid fixed at 2 x 2 crops, ``spatial`` merge without unpadding or ``image_newline``: 5 x 576 = 2880 tokens).
 
-Methods (``stages`` = pre-LLM and in-LLM; in-encoder methods are refused with the stage named):
+Methods (``stages`` = in-encoder, pre-LLM and in-LLM; an in-encoder + in-LLM method, FiCoCo-VL, is refused):
 
 * pre-LLM methods run **per crop** (the base image and every grid crop is one "image" of the method, with its own
   [CLS]; ``T`` is per crop, FasterVLM's convention: 5T on the fixed 2 x 2 grid). The instance's
@@ -15,6 +15,9 @@ Methods (``stages`` = pre-LLM and in-LLM; in-encoder methods are refused with th
   packing, tokens that ``unpad`` cuts away are dropped as LLaVA-1.6 drops them, and a row of the map keeps its
   ``image_newline`` only when at least one of its tokens is kept (a row whose tokens are all dropped loses its
   newline). ``generate`` is wrapped to shrink each image's placeholder run to its packed count.
+* ``budget_mode="global"`` (fastervlm only): one budget of ``T`` x crops per image, the top scores over its crops.
+* in-encoder methods (ToMe, FiCoCo-V) merge inside the tower per crop (``families/clip_merging.py``'s tower run);
+  each merged token stands at the patch it started as and is packed like a pre-LLM method's token.
 * in-LLM methods run on the full sequence through ``families/decoder_pruning.py`` (every image-token position,
   newlines included, is visual).
 """
@@ -74,6 +77,7 @@ class _State:
     layers: tuple[int, ...]
     saved: dict[str, tuple[Any, Any]]  # attribute -> (owner, previous instance attribute or None)
     budget_mode: str = PER_CROP
+    encoder_method: Any = None  # the VisionEncoderMethod of an in-encoder method (merging inside each crop's tower)
     last_trace: list[dict[str, Any]] | None = None
 
 
@@ -174,7 +178,15 @@ def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None
         from llava.compression.families import decoder_pruning
 
         return decoder_pruning.apply(model, config, geometry)
-    if spec.stages != (Stage.PRE_LLM,) or not isinstance(config, PreLLMMethod):
+    encoder_method = None
+    if spec.stages == (Stage.VISION_ENCODER,):
+        from llava.compression.families import clip_merging
+
+        encoder_method = clip_merging.vision_part(config, geometry)
+        encoder_method.validate(geometry)
+        if budget_mode == GLOBAL:
+            raise CompressionConfigError(f"budget_mode global is implemented for fastervlm only (not {config.name!r})")
+    elif spec.stages != (Stage.PRE_LLM,) or not isinstance(config, PreLLMMethod):
         raise CompressionConfigError(
             f"method {spec.name!r} acts at stage(s) {[s.value for s in spec.stages]}, which the LLaVA-NeXT "
             "integration does not provide yet (it runs pre-LLM and in-LLM methods)"
@@ -187,9 +199,9 @@ def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None
         "get_image_features": (base, base.__dict__.get("get_image_features")),
         "generate": (model, model.__dict__.get("generate")),
     }
-    layers = tuple(sorted(set(config.probe_layers(geometry))))
+    layers = () if encoder_method is not None else tuple(sorted(set(config.probe_layers(geometry))))
     base.__dict__[STATE_ATTR] = _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved,
-                                       budget_mode=budget_mode or PER_CROP)
+                                       budget_mode=budget_mode or PER_CROP, encoder_method=encoder_method)
     base.get_image_features = types.MethodType(_get_image_features, base)
     model.generate = types.MethodType(_generate, model)
     return model
@@ -357,6 +369,8 @@ def _get_image_features(
     ]
     if pixel_values.dim() == 5:
         pixel_values = torch.cat([p[:n] for p, n in zip(pixel_values, crops_per_image)], dim=0)
+    if state.encoder_method is not None:
+        return _merged_image_features(self, state, pixel_values, image_sizes, crops_per_image, **kwargs)
     signals, out = tower_signals(
         self.vision_tower, pixel_values, state.layers, state.geometry, self.multi_modal_projector,
         with_image_keys=state.config.needs_image_keys, **kwargs,
@@ -385,6 +399,32 @@ def _get_image_features(
         attentions=out.attentions,
         compression_trace=traces,
     )
+
+
+def _merged_image_features(
+    self: Any, state: _State, pixel_values: torch.Tensor, image_sizes: Any, crops_per_image: list[int], **kwargs: Any
+) -> CompressedImageFeatures:
+    """An in-encoder method on every crop (``families/clip_merging.py``'s tower run), packed like a pre-LLM
+    method's output: each merged token stands at the patch it started as."""
+    from llava.compression.families import clip_merging
+
+    feats, out, tokens = clip_merging.encode_and_project(self, pixel_values, state.encoder_method, state.geometry,
+                                                         **kwargs)
+    extras = state.encoder_method.trace_extras()
+    saved = self.__dict__.get(GRID_ATTR)
+    mode = ANYRES if saved is None else saved[0]
+    packed, traces, start = [], [], 0
+    for size, count in zip(image_sizes, crops_per_image):
+        crops = range(start, start + count)
+        positions = [tokens.positions[c].long() for c in crops]
+        packed.append(_pack_kept(self, feats[start : start + count], positions, size, mode))
+        traces.append({"visual_tokens": int(packed[-1].shape[0]), "grid_mode": mode, "budget_mode": state.budget_mode,
+                       "crops": [{**tokens.trace(c), **extras} for c in crops]})
+        start += count
+    state.last_trace = traces
+    return CompressedImageFeatures(last_hidden_state=out.last_hidden_state, pooler_output=packed,
+                                   hidden_states=out.hidden_states, attentions=out.attentions,
+                                   compression_trace=traces)
 
 
 def _global_selection(config: FasterVLMConfig, signals: Any, crops_per_image: list[int]) -> Reduction:
@@ -448,11 +488,19 @@ class LlavaNextFamily(Family):
     """LLaVA-NeXT / LLaVA-1.6: an image = a base crop plus anyres grid crops, each a 24x24 CLIP grid with [CLS]."""
 
     name = FAMILY_NAME
-    stages = (Stage.PRE_LLM, Stage.LLM)  # in-encoder methods per crop are not integrated yet: refused
+    stages = (Stage.VISION_ENCODER, Stage.PRE_LLM, Stage.LLM)
     provides = frozenset({"cls"})
 
     def supports(self, model: Any) -> bool:
         return supports(model)
+
+    def refusal(self, spec: MethodSpec) -> str | None:
+        if Stage.VISION_ENCODER in spec.stages and len(spec.stages) > 1:
+            return (
+                f"method {spec.name!r} acts at stages {[s.value for s in spec.stages]}; on LLaVA-NeXT in-encoder "
+                "merging runs alone per crop (an in-encoder + in-LLM method is not integrated yet)"
+            )
+        return super().refusal(spec)
 
     def geometry(self, model: Any) -> ModelGeometry:
         return model_geometry(model)
