@@ -243,13 +243,14 @@ def test_in_encoder_plus_llm_method_is_refused_naming_the_stages(anyres_model):
         compression.apply(anyres_model[1], "ficoco-vl")
 
 
+@pytest.mark.parametrize("method", ["tome", "ficoco-v"])
 @pytest.mark.parametrize("mode", [ANYRES, FIXED_672])
-def test_in_encoder_tome_merges_per_crop_and_batches_like_singles(anyres_model, fixed_model, mode):
+def test_in_encoder_methods_merge_per_crop_and_batch_like_singles(anyres_model, fixed_model, mode, method):
     loaded = anyres_model if mode == ANYRES else fixed_model
     model, processor = loaded[1], loaded[2]
     images = [picture(w, h) for w, h in ASPECTS]
     full_counts = [int(f.shape[0]) for f in packed(model, processor, images)]
-    compression.apply(model, "tome", visual_token_num=64)
+    compression.apply(model, method, visual_token_num=64)
     batch = packed(model, processor, images)
     traces = compression.last_trace(model)
     for image, features, trace in zip(images, batch, traces):
