@@ -237,7 +237,7 @@ def test_fixed_grid_gives_five_crops_spatially_merged_without_newlines(tiny_next
 # -- the family -----------------------------------------------------------------------------------------------------
 
 
-def test_llava_next_family_is_registered_and_refuses_methods_for_now(next_hf):
+def test_llava_next_family_is_registered_and_refuses_in_encoder_methods(next_hf):
     import llava.compression as compression
     from llava.compression.families import available_families, family_for
     from llava.compression.registry import CompressionConfigError
@@ -249,8 +249,8 @@ def test_llava_next_family_is_registered_and_refuses_methods_for_now(next_hf):
     assert (geometry.num_patches, geometry.grid, geometry.has_cls) == (576, (24, 24), True)
     units = family.unit_geometries(model, image_sizes=[(333, 500), (1000, 1000)])
     assert len(units) == (1 + 2) + (1 + 4)
-    with pytest.raises(CompressionConfigError, match="'fastervlm' is not integrated with the model family 'llava-next'"):
-        compression.apply(model, "fastervlm", visual_token_num=64)
+    with pytest.raises(CompressionConfigError, match="'ficoco-vl' acts at stages.*on LLaVA-NeXT"):
+        compression.apply(model, "ficoco-vl")
     assert compression.apply(model, "none") is model
 
 
