@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.video.local_http import json_server, no_proxies
 
 # Frame i of a test video is one flat colour that encodes i, so decoded frames can be identified
 # despite lossy coding: R = 20 + 30 * (i // 7), G = 20 + 30 * (i % 7), B = 128 (i < 49).
@@ -110,37 +110,14 @@ class FakeJudge:
 @pytest.fixture
 def fake_judge(monkeypatch) -> Iterator[tuple[FakeJudge, str]]:
     """(judge, api_base) for a server on 127.0.0.1 that speaks /v1/chat/completions."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    no_proxies(monkeypatch)
     judge = FakeJudge()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server naming
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if self.path.rstrip("/") != "/v1/chat/completions":
-                status, payload = 404, {"error": {"message": f"no route {self.path}"}}
-            else:
-                status, payload = judge.respond(body, self.headers.get("Authorization", ""))
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def respond(path, body, headers):
+        if path.rstrip("/") != "/v1/chat/completions":
+            return 404, {"error": {"message": f"no route {path}"}}, {}
+        status, payload = judge.respond(body, headers.get("Authorization", ""))
+        return status, payload, {}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield judge, f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with json_server(respond) as api_base:
+        yield judge, api_base

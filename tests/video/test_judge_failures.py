@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.video.local_http import json_server, no_proxies
 
 pytest.importorskip("openai")
 
@@ -90,17 +92,13 @@ class ScriptedServer:
 
 @pytest.fixture
 def scripted_server(monkeypatch) -> Iterator:
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    servers = []
+    no_proxies(monkeypatch)
+    with contextlib.ExitStack() as servers:
 
-    def start(steps):
-        state = ScriptedServer(steps)
+        def start(steps):
+            state = ScriptedServer(steps)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server naming
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            def respond(path, body, request_headers):
                 status, headers, content = state.next_step()
                 if status == 200:
                     payload = {
@@ -110,30 +108,11 @@ def scripted_server(monkeypatch) -> Iterator:
                     }  # fmt: skip
                 else:
                     payload = {"error": {"message": f"scripted HTTP {status}"}}
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                return status, payload, headers
 
-            def log_message(self, *args):
-                pass
+            return state, servers.enter_context(json_server(respond))
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return state, f"http://127.0.0.1:{server.server_address[1]}/v1"
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        yield start
 
 
 def judge_once(tmp_path, api_base, max_retries=3, retry_after_max=120.0):
