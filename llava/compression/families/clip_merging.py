@@ -230,15 +230,8 @@ def _get_image_features(
     """``LlavaModel.get_image_features`` with the applied method merging tokens inside the vision tower."""
     state = self.__dict__[llava_integration.STATE_ATTR]
     geometry = state.geometry
-    vfl = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-    strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-    if vfl != geometry.vision_feature_layer or strategy != "default":
-        raise ValueError(
-            f"compression was applied for vision_feature_layer={geometry.vision_feature_layer} and the "
-            f"'default' strategy; got {vfl!r} / {strategy!r}"
-        )
-    if image_sizes is not None:
-        raise ValueError("image_sizes (variable-size images) is not supported with compression")
+    llava_integration.check_feature_request(self, geometry, vision_feature_layer, vision_feature_select_strategy,
+                                            image_sizes)
     method = vision_part(state.config, geometry)
     feats, out, tokens = encode_and_project(self, pixel_values, method, geometry, **kwargs)
     extras = method.trace_extras()

@@ -364,6 +364,26 @@ def reduce_and_project(
     return list(torch.split(projected, counts)), reduction
 
 
+def check_feature_request(
+    base: Any,
+    geometry: ModelGeometry,
+    vision_feature_layer: Any,
+    vision_feature_select_strategy: str | None,
+    image_sizes: Any,
+) -> None:
+    """A ``get_image_features`` call under compression must ask for what the method was applied for: the
+    geometry's feature layer, the 'default' strategy ([CLS] dropped) and fixed-size images."""
+    vfl = base.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+    strategy = vision_feature_select_strategy or base.config.vision_feature_select_strategy
+    if vfl != geometry.vision_feature_layer or strategy != "default":
+        raise ValueError(
+            f"compression was applied for vision_feature_layer={geometry.vision_feature_layer} and the "
+            f"'default' strategy; got {vfl!r} / {strategy!r}"
+        )
+    if image_sizes is not None:
+        raise ValueError("image_sizes (variable-size images) is not supported with compression")
+
+
 def _get_image_features(
     self,
     pixel_values: torch.Tensor,
@@ -374,15 +394,7 @@ def _get_image_features(
 ) -> CompressedImageFeatures:
     """``LlavaModel.get_image_features`` with the applied pre-LLM method between the tower and the projector."""
     state: _State = self.__dict__[STATE_ATTR]
-    vfl = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-    strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-    if vfl != state.geometry.vision_feature_layer or strategy != "default":
-        raise ValueError(
-            f"compression was applied for vision_feature_layer={state.geometry.vision_feature_layer} and the "
-            f"'default' strategy; got {vfl!r} / {strategy!r}"
-        )
-    if image_sizes is not None:
-        raise ValueError("image_sizes (variable-size images) is not supported with compression")
+    check_feature_request(self, state.geometry, vision_feature_layer, vision_feature_select_strategy, image_sizes)
     kwargs.pop("return_dict", None)
     signals, out = collect_vision_signals(
         self, pixel_values, state.layers, with_image_keys=state.config.needs_image_keys, **kwargs
