@@ -8,6 +8,9 @@ for a message whose text is ``None`` (the turn the model completes).
 ``mistral_instruct`` (LLaVA-1.6-Mistral) renders as LLaVA's ``SeparatorStyle.LLAMA_2`` with an empty system and empty
 ``sep``: every user turn becomes ``[INST] text [/INST]``, every assistant turn `` text</s>``, and the turn the model
 completes adds nothing, so the evaluation prompt is ``[INST] <image>\nquestion [/INST]``.
+Checked against LLaVA's own ``conversation.py`` of the 1.6 release (``conv_mistral_instruct``: system ``""``,
+``sep ""``, ``sep2 "</s>"``, ``LLAMA_2`` style, whose ``<<SYS>>`` wrapper is skipped for an empty system and whose
+result is stripped of ``sep``); the tokenizer adds the BOS token in front as for the other templates.
 """
 
 from __future__ import annotations

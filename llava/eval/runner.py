@@ -52,6 +52,9 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
                    help="vicuna_v1 (LLaVA-1.5, LLaVA-1.6-Vicuna) | mistral_instruct (LLaVA-1.6-Mistral) | llava_v1")
     p.add_argument("--next-grid", default="anyres", choices=["anyres", "fixed-672"],
                    help="LLaVA-NeXT only: anyres (LLaVA-1.6 as released) | fixed-672 (FasterVLM's 2880-token grid)")
+    p.add_argument("--budget-mode", default=None, choices=["per-crop", "global"],
+                   help="LLaVA-NeXT, pre-LLM methods: per-crop (default; T visual tokens per crop, FasterVLM's "
+                        "convention) | global (fastervlm: T x crops per image, split by score across its crops)")
     p.add_argument("--num-chunks", type=int, default=1)
     p.add_argument("--chunk-idx", type=int, default=0)
     add_run_arguments(p, max_new_tokens, "image")
@@ -118,6 +121,14 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
         raise CheckpointError(f"--next-grid {next_grid} applies to LLaVA-NeXT checkpoints only; {args.model_path} is "
                               "LLaVA-1.5 (drop --next-grid)")
     method = config_from_args(args, read_model_geometry(args.model_path, args.vision_tower))
+    budget_mode = getattr(args, "budget_mode", None)
+    if budget_mode is not None:
+        if not is_next:
+            raise CheckpointError(f"--budget-mode {budget_mode} applies to LLaVA-NeXT checkpoints only (its crops); "
+                                  f"{args.model_path} is LLaVA-1.5 (drop --budget-mode)")
+        from llava.compression.families.llava_next import check_budget_mode
+
+        check_budget_mode(method, budget_mode)
     launch = launch_info()
     final_answers = args.answers_file
     if launch is not None and args.num_chunks == 1:  # accelerate launch / torchrun: one chunk per rank
@@ -137,6 +148,8 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
                                          args.num_beams, args.seed)}
     if is_next:  # the grid changes every NeXT answer: a resume with the other grid is refused (metadata.run)
         base_metadata["run"]["next_grid"] = next_grid
+        if budget_mode == "global":  # recorded only when it differs from the default, per crop
+            base_metadata["run"]["budget_mode"] = budget_mode
     with AnswerWriter(args.answers_file, record_settings({"model_id": model_id, "metadata": base_metadata}),
                       [it.key for it in items], overwrite=args.overwrite, retry_errors=args.retry_errors) as writer:
         todo = [it for it in items if not writer.is_answered(it.key)]
@@ -159,7 +172,8 @@ def _answer(args: argparse.Namespace, todo: list[EvalItem], writer: AnswerWriter
     if method.name != "none":
         from llava.compression import apply
 
-        apply(model, method)
+        budget_mode = getattr(args, "budget_mode", None)
+        apply(model, method, **({} if budget_mode is None else {"budget_mode": budget_mode}))
     generator = LlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
 
     loader = DataLoader(_ItemImages(todo, image_processor), batch_size=args.batch_size, shuffle=False,

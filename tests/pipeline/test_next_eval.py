@@ -91,3 +91,36 @@ def test_resume_with_the_other_grid_is_refused(tiny_next_hf, vqa_questions, imag
         _run(tiny_next_hf, vqa_questions, image_folder, answers_file, "--next-grid", "fixed-672")
     assert exc.value.code == 2 and "next_grid" in capsys.readouterr().err
     assert read_jsonl(answers_file) == first
+
+
+def test_global_budget_mode_reaches_the_family_and_is_part_of_the_run(tiny_next_hf, vqa_questions, image_folder,
+                                                                      tmp_path, capsys):
+    """``--budget-mode global``: each image keeps T x crops tokens chosen over all its crops (the family's trace says
+    so), the run records it, and a resume with the default (per crop) is refused."""
+    answers_file = str(tmp_path / "gl.jsonl")
+    args = ("--method", "fastervlm", "--visual-token-num", "8", "--batch-size", "3")
+    answers = _run(tiny_next_hf, vqa_questions, image_folder, answers_file, *args, "--budget-mode", "global")
+    assert all(a["metadata"]["budget_mode"] == "global" for a in answers)
+    assert answers[0]["metadata"]["run"]["budget_mode"] == "global"
+    per_crop = _run(tiny_next_hf, vqa_questions, image_folder, str(tmp_path / "pc.jsonl"), *args)
+    assert all(a["metadata"]["budget_mode"] == "per-crop" for a in per_crop)
+    assert "budget_mode" not in per_crop[0]["metadata"]["run"]
+    with pytest.raises(SystemExit) as exc:
+        _run(tiny_next_hf, vqa_questions, image_folder, answers_file, *args)
+    assert exc.value.code == 2 and "budget_mode" in capsys.readouterr().err
+    assert read_jsonl(answers_file) == answers
+
+
+@pytest.mark.parametrize("ckpt, method, needle", [
+    ("tiny_next_hf", "vtc-cls", "fastervlm only"),
+    ("tiny_hf", "fastervlm", "LLaVA-NeXT checkpoints only"),
+])
+def test_global_budget_mode_refusals_are_one_line_before_loading(ckpt, method, needle, request, vqa_questions,
+                                                                 image_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _run(request.getfixturevalue(ckpt), vqa_questions, image_folder, str(tmp_path / "r.jsonl"),
+             "--method", method, "--visual-token-num", "8", "--budget-mode", "global")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and needle in err and "--budget-mode" in err
+    assert not (tmp_path / "r.jsonl").exists()

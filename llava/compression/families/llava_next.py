@@ -156,6 +156,20 @@ def _pack_spatial(self: Any, image_features, image_sizes, vision_feature_select_
 # -- applying a method -----------------------------------------------------------------------------------------------
 
 
+def check_budget_mode(config: MethodConfig, budget_mode: str | None) -> None:
+    """Refuse a ``budget_mode`` that is unknown or that ``config`` does not implement (``global``: fastervlm only;
+    ``None`` = the default, per crop). The evaluation entry points call this before the model loads."""
+    if budget_mode is None:
+        return
+    if budget_mode not in BUDGET_MODES:
+        raise CompressionConfigError(f"budget_mode must be one of {', '.join(BUDGET_MODES)}, got {budget_mode!r}")
+    if budget_mode == GLOBAL and not isinstance(config, FasterVLMConfig):
+        raise CompressionConfigError(
+            f"budget_mode global is implemented for fastervlm only on LLaVA-NeXT (method {config.name!r} is per crop;"
+            " drop --budget-mode global)"
+        )
+
+
 def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None, **options: Any) -> Any:
     """Apply ``method`` to this LLaVA-NeXT instance (pre-LLM: per crop; in-LLM: on the full sequence); returns
     ``model``. ``"none"`` removes what is applied. Validation (stages, [CLS], the per-crop budget) comes first.
@@ -164,12 +178,7 @@ def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None
     ``"global"`` (fastervlm only: one budget of ``T`` x crops per image, the top scores over all its crops)."""
     config = FAMILY.build_config(model, method, **options)
     spec = get_method(config.name)
-    if budget_mode is not None and budget_mode not in BUDGET_MODES:
-        raise CompressionConfigError(f"budget_mode must be one of {', '.join(BUDGET_MODES)}, got {budget_mode!r}")
-    if budget_mode == GLOBAL and not isinstance(config, FasterVLMConfig):
-        raise CompressionConfigError(
-            f"budget_mode global is implemented for fastervlm only on LLaVA-NeXT (method {config.name!r} is per crop)"
-        )
+    check_budget_mode(config, budget_mode)
     remove(model)
     if isinstance(config, NoCompression):
         return model
@@ -184,8 +193,6 @@ def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None
 
         encoder_method = clip_merging.vision_part(config, geometry)
         encoder_method.validate(geometry)
-        if budget_mode == GLOBAL:
-            raise CompressionConfigError(f"budget_mode global is implemented for fastervlm only (not {config.name!r})")
     elif spec.stages != (Stage.PRE_LLM,) or not isinstance(config, PreLLMMethod):
         raise CompressionConfigError(
             f"method {spec.name!r} acts at stage(s) {[s.value for s in spec.stages]}, which the LLaVA-NeXT "
