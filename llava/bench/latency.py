@@ -630,11 +630,12 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
                     notes.append(f"time limit: no warm-up run (and no attention check) from {method} {budget} "
                                  f"B={batch} on")
                     log(f"  [time limit: no warm-up from {method} {budget} on]")
-            log(f"  {method} {budget if budget is not None else ''} B={batch}: measuring "
+            log(f"  {method}{'' if budget is None else f' {budget}'} B={batch}: measuring "
                 f"({warmup} warm-up + {repeats} run(s)) [{done + 1}/{total}, "
                 f"{time.perf_counter() - started:.0f} s]")
             runner = None
             attention = None
+            failed = False
             try:
                 counts = F.token_counts(config, geometry, text_tokens=settings.text_tokens)
                 fl = F.breakdown(counts, geometry, settings.text_tokens)
@@ -667,15 +668,18 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
                 if not settings.keep_going:
                     raise
                 row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-                rows.append(row)
-                log(f"  {method} {budget} B={batch}: ERROR {row['error']}")
-                _release_memory(settings.device)
-                on_row(rows, notes)
-                continue
+                failed = True
             finally:
                 if runner is not None:
                     runner.close()
                 done += 1
+            if failed:  # outside the except block, so the traceback's frames (and their tensors) are gone
+                runner = None
+                _release_memory(settings.device)
+                rows.append(row)
+                log(f"  {method} {budget} B={batch}: ERROR {row['error']}")
+                on_row(rows, notes)
+                continue
             row["runs_s"] = [round(r.vision_s + r.prefill_s, 4) for r in runs]
             if attention is not None:
                 row["attention_check"] = attention.to_dict()
