@@ -292,9 +292,24 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 elsewhere), so ``--max-minutes`` counts the imports."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return age if 0.0 <= age < 3600 else 0.0  # an implausible reading (another clock base) counts as none
+
+
 def run_suite(args: argparse.Namespace, settings: L.Settings, extra: dict[str, Any], methods: list[str],
               full: BenchGeometry) -> int:
-    started = time.perf_counter()
+    # the time limit covers the whole command (imports included) when run as a program; in-process calls (tests)
+    # count from here
+    started = time.perf_counter() - (process_age_s() if __name__ == "__main__" else 0.0)
     changes: dict[str, Any] = {"text_tokens": settings.text_tokens}
     if args.layers:
         changes["llm_layers"] = args.layers
