@@ -23,7 +23,9 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -288,6 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_suite(args, settings, extra, methods, full)
 
 
+def _interrupt_on_sigterm():
+    """SIGTERM (``timeout``, a job scheduler) ends the sweep like Ctrl-C, so the final JSON and markdown are written;
+    returns the function that restores the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -362,6 +377,8 @@ def run_suite(args: argparse.Namespace, settings: L.Settings, extra: dict[str, A
 
     refresh("running")
     status = "complete"
+    restore = _interrupt_on_sigterm()
+    in_flight: list[list] = [[], []]  # rows and notes of the attention implementation being measured
     try:
         with torch.inference_mode():
             for impl in extra["attention"]:
@@ -384,18 +401,26 @@ def run_suite(args: argparse.Namespace, settings: L.Settings, extra: dict[str, A
                 def on_row(impl_rows, impl_notes, impl=impl):
                     for r in impl_rows:
                         r["attn_implementation"] = impl
-                    refresh("running", impl_rows, [f"{impl}: {n}" for n in impl_notes])
+                    in_flight[:] = [impl_rows, [f"{impl}: {n}" for n in impl_notes]]
+                    refresh("running", *in_flight)
 
                 result = L.run_benchmark(model, geometry, methods, args.tokens, settings, log=_log,
                                          full_llm_layers=full.llm_layers, on_row=on_row)
                 on_row(result["rows"], result["notes"])
                 rows.extend(result["rows"])
                 notes.extend(f"{impl}: {n}" for n in result["notes"])
+                in_flight[:] = [[], []]
                 attention_state[impl] = "measured"
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
+        restore()
         settings.max_seconds = extra["max_seconds"]
+        rows.extend(in_flight[0])  # what an interrupted sweep measured
+        notes.extend(in_flight[1])
+        for impl, state in attention_state.items():
+            if state == "pending":
+                attention_state[impl] = "interrupted" if status == "interrupted" else "not measured"
         if status == "complete" and any("skipped" in r or "error" in r for r in rows):
             status = "complete (some settings skipped or failed, see meta.skipped / meta.errors)"
         refresh(status)
