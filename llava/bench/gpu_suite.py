@@ -397,6 +397,7 @@ def run_suite(args: argparse.Namespace, settings: L.Settings, extra: dict[str, A
                     continue
                 _log(f"gpu_suite: {impl}: {left:.0f} s left for the sweep")
                 settings.max_seconds = left
+                attention_state[impl] = "running"
 
                 def on_row(impl_rows, impl_notes, impl=impl):
                     for r in impl_rows:
@@ -413,6 +414,9 @@ def run_suite(args: argparse.Namespace, settings: L.Settings, extra: dict[str, A
                 attention_state[impl] = "measured"
     except KeyboardInterrupt:
         status = "interrupted"
+    except Exception as err:  # noqa: BLE001 -- outside any one setting: keep what was measured, say why it stopped
+        status = f"failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"[:300]
+        _log(f"gpu_suite: {status}")
     finally:
         restore()
         settings.max_seconds = extra["max_seconds"]
@@ -421,6 +425,8 @@ def run_suite(args: argparse.Namespace, settings: L.Settings, extra: dict[str, A
         for impl, state in attention_state.items():
             if state == "pending":
                 attention_state[impl] = "interrupted" if status == "interrupted" else "not measured"
+            elif state == "running":
+                attention_state[impl] = f"stopped: {status}"
         if status == "complete" and any("skipped" in r or "error" in r for r in rows):
             status = "complete (some settings skipped or failed, see meta.skipped / meta.errors)"
         refresh(status)
@@ -430,7 +436,7 @@ def run_suite(args: argparse.Namespace, settings: L.Settings, extra: dict[str, A
         Path(args.markdown).write_text(text, encoding="utf-8")
     print(text, end="", flush=True)
     _log(f"gpu_suite: {status} in {time.perf_counter() - started:.0f} s; JSON {args.out}, markdown {args.markdown}")
-    return 1 if status == "interrupted" else 0
+    return 0 if status.startswith("complete") else 1
 
 
 if __name__ == "__main__":

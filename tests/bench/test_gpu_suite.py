@@ -120,3 +120,21 @@ def test_bad_arguments_one_line(capsys):
     assert err.startswith("error: --attn") and "\n" not in err
     assert S.main(["--device", "cpu", "--methods", "nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_failure_outside_a_setting_keeps_the_json(tmp_path, monkeypatch):
+    """An error the sweep cannot attribute to one setting stops it with status 'failed (...)' in the JSON and
+    markdown, exit code 1, no traceback."""
+    out = tmp_path / "suite.json"
+
+    def broken_inputs(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+
+    monkeypatch.setattr(L, "make_inputs", broken_inputs)
+    rc = S.main(["--device", "cpu", "--model-config", "tiny", "--methods", "none", "--out", str(out),
+                 "--markdown", str(tmp_path / "suite.md")])
+    assert rc == 1
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["status"] == "failed (RuntimeError: CUDA error: an illegal memory access was encountered)"
+    assert meta["attention"]["sdpa"].startswith("stopped: failed")
+    assert "(failed (RuntimeError" in (tmp_path / "suite.md").read_text()
