@@ -25,9 +25,11 @@ What one measurement is (per method, budget and batch size; medians over ``--rep
   :func:`llava.bench.flops.kv_cache_bytes`.
 
 Clock: on CPU with one torch thread (the CPU default) times are the measuring thread's CPU time (``--clock cpu``), so
-other jobs on a shared machine do not inflate them; otherwise wall-clock time (CUDA: synchronised). The unpruned model is
+other jobs on a shared machine do not inflate them; on CUDA, CUDA events recorded on the stream (``--clock events``: no
+host synchronisation inside a timed region, e.g. between decode steps); otherwise wall-clock time. The unpruned model is
 measured at the start and again at the end of each batch size's sweep (pooled; the drift is printed). With
-``--max-minutes`` (4.5 on CPU) the sweep drops to 1 repeat, then to no warm-up, when it would run over.
+``--max-minutes`` (4.5 on CPU) the sweep drops to fewer repeats (as many as fit, at least 1), then to no warm-up,
+when it would run over (``Settings.skip_when_late``: then skips the remaining settings, recorded as skipped rows).
 
 Speedups are TTFT (and prefill) of the unpruned model over the method's, next to the FLOPs-ideal speedup of
 :mod:`llava.bench.flops` on the same (reduced) architecture and text length. In-LLM schedules are scaled to a
@@ -88,6 +90,9 @@ class Settings:
     seed: int = 0
     check_attention: bool = True
     clock: str = "wall"
+    keep_going: bool = False  # a setting that raises becomes an error row and the sweep goes on
+    skip_when_late: bool = False  # past --max-minutes, drop the remaining settings (recorded) instead of running over
+    rerun_baseline: bool = True  # measure the unpruned model again at the end of each batch size's sweep
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -149,20 +154,23 @@ def make_inputs(model: Any, geometry: BenchGeometry, batch: int, text_tokens: in
 # -- timing helpers --------------------------------------------------------------------------------------------------
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time, "events": time.perf_counter}
 _now = time.perf_counter  # the measuring clock; run_benchmark switches it to Settings.clock
+_events = False  # "events" clock: CUDA events recorded on the stream, no host synchronisation inside a timed region
 
 
 @contextlib.contextmanager
 def using_clock(name: str) -> Iterator[None]:
-    """Measure with ``"wall"`` (``perf_counter``) or ``"cpu"`` (this thread's CPU time: with one torch thread every
-    op runs on the calling thread, and time lost to other processes on a shared machine is not counted)."""
-    global _now
-    previous, _now = _now, CLOCKS[name]
+    """Measure with ``"wall"`` (``perf_counter``), ``"cpu"`` (this thread's CPU time: with one torch thread every
+    op runs on the calling thread, and time lost to other processes on a shared machine is not counted) or
+    ``"events"`` (CUDA events on the current stream; on a CPU tensor it falls back to ``perf_counter``)."""
+    global _now, _events
+    previous = _now, _events
+    _now, _events = CLOCKS[name], name == "events"
     try:
         yield
     finally:
-        _now = previous
+        _now, _events = previous
 
 
 def _sync(device: torch.device | str) -> None:
@@ -170,16 +178,34 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def _mark(device: torch.device | str) -> Any:
+    """A point in time: a recorded CUDA event (``events`` clock on a CUDA device: no host sync), else the clock's
+    reading after synchronising the device."""
+    if _events and torch.device(device).type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    _sync(device)
+    return _now()
+
+
+def _seconds(start: Any, end: Any) -> float:
+    """Seconds between two :func:`_mark` points (waits for ``end``'s event when they are CUDA events)."""
+    if isinstance(start, float):
+        return end - start
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 class _StepClock:
     """A ``StoppingCriteria`` that records when each generated token is ready (never stops generation)."""
 
     def __init__(self, device):
         self.device = device
-        self.times: list[float] = []
+        self.times: list[Any] = []  # _mark points
 
     def __call__(self, input_ids, scores, **kwargs):
-        _sync(self.device)
-        self.times.append(_now())
+        self.times.append(_mark(self.device))
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -188,7 +214,7 @@ class _Timed:
 
     def __init__(self, device, targets: Sequence[tuple[Any, str]]):
         self.device = device
-        self.seconds = 0.0
+        self._spans: list[tuple[Any, Any]] = []
         self._targets = [(obj, name) for obj, name in targets if obj is not None and hasattr(obj, name)]
 
     def __enter__(self) -> _Timed:
@@ -196,11 +222,9 @@ class _Timed:
             original = getattr(obj, name)
 
             def timed(*args, _original=original, **kwargs):
-                _sync(self.device)
-                t = _now()
+                start = _mark(self.device)
                 out = _original(*args, **kwargs)
-                _sync(self.device)
-                self.seconds += _now() - t
+                self._spans.append((start, _mark(self.device)))
                 return out
 
             object.__setattr__(obj, name, timed)
@@ -209,6 +233,11 @@ class _Timed:
     def __exit__(self, *exc) -> None:
         for obj, name in self._targets:
             obj.__dict__.pop(name, None)
+
+    @property
+    def seconds(self) -> float:
+        """Total time in the wrapped calls so far (waits for their end events under the ``events`` clock)."""
+        return sum(_seconds(a, b) for a, b in self._spans)
 
 
 def _fix_malloc_for_rss() -> None:
@@ -414,35 +443,29 @@ class MethodRunner:
 
     def tower(self) -> tuple[Any, float]:
         """Vision signals of the unmodified tower (with every probe layer any pre-LLM method needs) and its time."""
-        _sync(self.device)
-        t = _now()
+        start = _mark(self.device)
         signals, _ = self._collect(self.model, self.pixels, self.probe_layers, with_image_keys=True)
-        _sync(self.device)
-        return signals, _now() - t
+        return signals, _seconds(start, _mark(self.device))
 
     def encode(self) -> tuple[list[torch.Tensor], float, float, float]:
         """``(features per image, tower seconds, vision seconds, overhead seconds)``."""
         model = self.model
         with _Timed(self.device, [(self.config, "reduce"), (self.vision_method, "merge")]) as timer:
             if self.encoder_stage:
-                _sync(self.device)
-                t = _now()
+                start = _mark(self.device)
                 feats, _, _ = self._encode_and_project(model.model, self.pixels, self.vision_method, self.geo)
-                _sync(self.device)
-                tower_s = vision_s = _now() - t
+                tower_s = vision_s = _seconds(start, _mark(self.device))
                 return feats, tower_s, vision_s, timer.seconds
             if self.shared is not None:
                 signals, tower_s = self.shared
             else:
                 signals, tower_s = self.tower()
-            _sync(self.device)
-            t = _now()
+            start = _mark(self.device)
             if self.pre_llm:
                 feats, _ = self._reduce_and_project(self.config, signals, model.model.multi_modal_projector)
             else:
                 feats = list(model.model.multi_modal_projector(signals.patches))
-            _sync(self.device)
-            return feats, tower_s, tower_s + _now() - t, timer.seconds
+            return feats, tower_s, tower_s + _seconds(start, _mark(self.device)), timer.seconds
 
     def run(self) -> _Run:
         from transformers import GenerationConfig, StoppingCriteriaList
@@ -465,15 +488,14 @@ class MethodRunner:
                 bos_token_id=1, eos_token_id=2, pad_token_id=0, return_dict_in_generate=True,
             )
             with _Timed(self.device, [(self.llm_method, "select")]) as llm_timer:
-                _sync(self.device)
-                t0 = _now()
+                t0 = _mark(self.device)
                 out = model.generate(
                     input_ids=ids, attention_mask=mask, generation_config=gen,
                     stopping_criteria=StoppingCriteriaList([clock]),
                     mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=feats)},
                 )
-        prefill_s = clock.times[0] - t0
-        decode_s = (clock.times[-1] - clock.times[0]) if len(clock.times) > 1 else float("nan")
+        prefill_s = _seconds(t0, clock.times[0])
+        decode_s = _seconds(clock.times[0], clock.times[-1]) if len(clock.times) > 1 else float("nan")
         trace = getattr(out, "llm_compression_trace", None)
         per_layer = trace[0].get("visual_tokens_per_layer") if trace else None
         return _Run(
@@ -517,18 +539,21 @@ def run_benchmark(
     settings: Settings,
     log: Callable[[str], None] = print,
     full_llm_layers: int | None = None,
+    on_row: Callable[[list[dict[str, Any]], list[str]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every (method, budget) on every batch size; returns the JSON-serialisable results.
 
     ``full_llm_layers``: the depth of the real model when ``geometry`` is shortened; the method overhead is then also
     given as % of the unpruned TTFT extrapolated to that depth (prefill time scaled by the layer ratio).
+    ``on_row(rows, notes)`` is called after every setting with the rows and notes so far (incremental output).
     """
     depth_scale = (full_llm_layers or geometry.llm_layers) / geometry.llm_layers
     started = time.perf_counter()
     notes: list[str] = []
     configs = configs_for(methods, budgets, geometry)
     with using_clock(settings.clock):
-        return _run_benchmark(model, geometry, settings, log, depth_scale, started, configs, notes)
+        return _run_benchmark(model, geometry, settings, log, depth_scale, started, configs, notes,
+                              on_row or (lambda rows, notes: None))
 
 
 def configs_for(methods: Sequence[str], budgets: Sequence[int], geometry: BenchGeometry) -> list[tuple]:
@@ -548,7 +573,7 @@ def configs_for(methods: Sequence[str], budgets: Sequence[int], geometry: BenchG
     return configs
 
 
-def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs, notes) -> dict[str, Any]:
+def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs, notes, on_row) -> dict[str, Any]:
     """The sweep of :func:`run_benchmark` (wall-clock ``started`` / deadline; measurements on the chosen clock)."""
     rows: list[dict[str, Any]] = []
     dtype_bytes = model.get_input_embeddings().weight.element_size()
@@ -556,12 +581,21 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
     repeats, warmup = settings.repeats, settings.warmup
     run_seconds: list[float] = []
     done = 0
+    total = len(configs) * len(settings.batch_sizes)
     union_probes = sorted({
         layer
         for *_, config, _e in configs
         if config is not None and Stage.PRE_LLM in get_method(config.name).stages
         for layer in config.probe_layers(geometry.compression_geometry())
     })
+
+    def left_for(runs_per_setting: int, settings_left: int) -> bool:
+        """Whether ``settings_left`` settings of ``runs_per_setting`` runs each fit before the deadline."""
+        if deadline is None or not run_seconds:
+            return True
+        per_run = sum(run_seconds) / len(run_seconds)
+        return deadline - time.perf_counter() >= per_run * settings_left * runs_per_setting
+
     for batch in settings.batch_sizes:
         inputs = make_inputs(model, geometry, batch, settings.text_tokens, settings.seed)
         shared: tuple[Any, float] | None = None
@@ -574,11 +608,38 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
                 row["skipped"] = error
                 rows.append(row)
                 log(f"  {method} {budget}: skipped ({error})")
+                on_row(rows, notes)
                 continue
-            counts = F.token_counts(config, geometry, text_tokens=settings.text_tokens)
-            fl = F.breakdown(counts, geometry, settings.text_tokens)
-            runner = MethodRunner(model, geometry, config, inputs, settings)
+            if settings.skip_when_late and deadline is not None and not left_for(1, 1):
+                done += 1
+                row["skipped"] = "time limit (--max-minutes): not measured"
+                rows.append(row)
+                log(f"  {method} {budget} B={batch}: skipped (time limit)")
+                on_row(rows, notes)
+                continue
+            if deadline is not None and run_seconds and (repeats > 1 or warmup > 0):
+                # the remaining settings' runs at the mean run time so far must fit before the deadline: fewer
+                # repeats first (as many as fit, at least 1), then no warm-up
+                remaining = total - done
+                if repeats > 1 and not left_for(repeats + warmup, remaining):
+                    repeats = next((r for r in range(repeats - 1, 0, -1) if left_for(r + warmup, remaining)), 1)
+                    notes.append(f"time limit: {repeats} repeat(s) from {method} {budget} B={batch} on")
+                    log(f"  [time limit: {repeats} repeat(s) from {method} {budget} on]")
+                if warmup > 0 and not left_for(repeats + warmup, remaining):
+                    warmup = 0
+                    notes.append(f"time limit: no warm-up run (and no attention check) from {method} {budget} "
+                                 f"B={batch} on")
+                    log(f"  [time limit: no warm-up from {method} {budget} on]")
+            log(f"  {method}{'' if budget is None else f' {budget}'} B={batch}: measuring "
+                f"({warmup} warm-up + {repeats} run(s)) [{done + 1}/{total}, "
+                f"{time.perf_counter() - started:.0f} s]")
+            runner = None
+            attention = None
+            failed = False
             try:
+                counts = F.token_counts(config, geometry, text_tokens=settings.text_tokens)
+                fl = F.breakdown(counts, geometry, settings.text_tokens)
+                runner = MethodRunner(model, geometry, config, inputs, settings)
                 if settings.shared_tower and not runner.encoder_stage:
                     if shared is None:
                         runner.probe_layers = tuple(union_probes)
@@ -586,20 +647,6 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
                         keep = towers[max(1, settings.warmup):] or towers[-1:]
                         shared = (towers[-1][0], _median([t for _, t in keep]))
                     runner.shared = shared
-                if deadline is not None and run_seconds and (repeats > 1 or warmup > 0):
-                    # the remaining settings' runs at the mean run time so far must fit before the deadline
-                    left = deadline - time.perf_counter()
-                    per_run = sum(run_seconds) / len(run_seconds)
-                    remaining = len(configs) * len(settings.batch_sizes) - done
-                    if repeats > 1 and left < per_run * remaining * (repeats + warmup):
-                        repeats = 1
-                        notes.append(f"time limit: 1 repeat from {method} {budget} on")
-                        log(f"  [time limit: 1 repeat from {method} {budget} on]")
-                    if warmup > 0 and left < per_run * remaining * (repeats + warmup):
-                        warmup = 0
-                        notes.append(f"time limit: no warm-up run (and no attention check) from {method} {budget} on")
-                        log(f"  [time limit: no warm-up from {method} {budget} on]")
-                attention = None
                 for w in range(warmup):
                     if settings.check_attention and w == 0:
                         with attention_guard(model, geometry.patches_per_image, strict=False) as attention:
@@ -612,14 +659,27 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
                     runs.append(runner.run())
                     if method != "none":  # the unpruned runs are the slowest: estimating from them is too pessimistic
                         run_seconds.append(time.perf_counter() - t)
+                if getattr(config, "budget_is_approximate", False):  # the budget only steers the count: use the real
+                    observed = runs[-1].llm_tokens - settings.text_tokens
+                    counts = F.token_counts(config, geometry, visual_tokens=observed, text_tokens=settings.text_tokens)
+                    fl = F.breakdown(counts, geometry, settings.text_tokens)
+                row.update(_summarise(runs, counts, fl, runner.spec.stages, geometry, settings, dtype_bytes, batch))
+            except Exception as err:  # noqa: BLE001 -- with keep_going one failing method must not end the sweep
+                if not settings.keep_going:
+                    raise
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+                failed = True
             finally:
-                runner.close()
+                if runner is not None:
+                    runner.close()
                 done += 1
-            if getattr(config, "budget_is_approximate", False):  # the budget only steers the count: use the real one
-                observed = runs[-1].llm_tokens - settings.text_tokens
-                counts = F.token_counts(config, geometry, visual_tokens=observed, text_tokens=settings.text_tokens)
-                fl = F.breakdown(counts, geometry, settings.text_tokens)
-            row.update(_summarise(runs, counts, fl, runner.spec.stages, geometry, settings, dtype_bytes, batch))
+            if failed:  # outside the except block, so the traceback's frames (and their tensors) are gone
+                runner = None
+                _release_memory(settings.device)
+                rows.append(row)
+                log(f"  {method} {budget} B={batch}: ERROR {row['error']}")
+                on_row(rows, notes)
+                continue
             row["runs_s"] = [round(r.vision_s + r.prefill_s, 4) for r in runs]
             if attention is not None:
                 row["attention_check"] = attention.to_dict()
@@ -628,27 +688,49 @@ def _run_benchmark(model, geometry, settings, log, depth_scale, started, configs
             rows.append(row)
             batch_rows.append(row)
             log(_progress_line(row))
+            on_row(rows, notes)
         if baseline is not None:
-            # the unpruned model again at the end: on a shared machine the load drifts during a sweep, so its runs
-            # from both ends are pooled and the drift is reported
             row, config, counts, fl, start_runs = baseline
-            runner = MethodRunner(model, geometry, config, inputs, settings)
-            runner.shared = shared
-            try:
-                end_runs = [runner.run() for _ in range(max(1, repeats))]
-            finally:
-                runner.close()
-            row.update(_summarise(start_runs + end_runs, counts, fl, runner.spec.stages, geometry, settings,
-                                  dtype_bytes, batch))
-            start, end = (_median([r.prefill_s for r in rs]) * 1e3 for rs in (start_runs, end_runs))
-            row["prefill_ms_start_end"] = [start, end]
-            notes.append(f"batch {batch}: unpruned prefill {start:.0f} ms at the start, {end:.0f} ms at the end of the "
-                         "sweep (both pooled into its median)")
+            if settings.rerun_baseline and (not settings.skip_when_late or left_for(max(1, repeats), 1)):
+                # the unpruned model again at the end: on a shared machine the load drifts during a sweep, so its
+                # runs from both ends are pooled and the drift is reported
+                runner = MethodRunner(model, geometry, config, inputs, settings)
+                runner.shared = shared
+                try:
+                    end_runs = [runner.run() for _ in range(max(1, repeats))]
+                except Exception as err:  # noqa: BLE001
+                    if not settings.keep_going:
+                        raise
+                    end_runs = []
+                    notes.append(f"batch {batch}: the unpruned re-run at the end failed ({type(err).__name__})")
+                    _release_memory(settings.device)
+                finally:
+                    runner.close()
+            else:
+                end_runs = []
+                notes.append(f"batch {batch}: no unpruned re-run at the end of the sweep")
+            if end_runs:
+                row.update(_summarise(start_runs + end_runs, counts, fl, runner.spec.stages, geometry, settings,
+                                      dtype_bytes, batch))
+                start, end = (_median([r.prefill_s for r in rs]) * 1e3 for rs in (start_runs, end_runs))
+                row["prefill_ms_start_end"] = [start, end]
+                notes.append(f"batch {batch}: unpruned prefill {start:.0f} ms at the start, {end:.0f} ms at the end "
+                             "of the sweep (both pooled into its median)")
             for r in batch_rows:
-                if "skipped" not in r:
+                if "skipped" not in r and "error" not in r:
                     _add_speedups(r, row, depth_scale)
+            on_row(rows, notes)
     elapsed = time.perf_counter() - started
     return {"rows": rows, "notes": notes, "elapsed_s": round(elapsed, 1)}
+
+
+def _release_memory(device: str) -> None:
+    """After a failed setting: give the CUDA caching allocator's blocks back (an OOM must not spill into the next)."""
+    import gc
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _summarise(runs: list[_Run], counts, fl, stages, geometry, settings, dtype_bytes, batch) -> dict[str, Any]:
@@ -663,6 +745,9 @@ def _summarise(runs: list[_Run], counts, fl, stages, geometry, settings, dtype_b
     else:
         vision_part += fl.method
     last = runs[-1]
+    ttfts = [(r.vision_s + r.prefill_s) * 1e3 for r in runs]
+    prefills = [r.prefill_s * 1e3 for r in runs]
+    decodes = [batch * steps / r.decode_s for r in runs if r.decode_s and r.decode_s == r.decode_s]
     return {
         "llm_input_tokens": last.llm_tokens,
         "visual_tokens": counts.visual_tokens,
@@ -685,6 +770,11 @@ def _summarise(runs: list[_Run], counts, fl, stages, geometry, settings, dtype_b
         "ideal_vision_flops": vision_part,
         "method_overhead_gflops": fl.method / 1e9,
         "repeats": len(runs),
+        # the spread across the runs (min, max)
+        "vision_ms_range": [min(r.vision_s for r in runs) * 1e3, max(r.vision_s for r in runs) * 1e3],
+        "prefill_ms_range": [min(prefills), max(prefills)],
+        "ttft_ms_range": [min(ttfts), max(ttfts)],
+        "decode_tok_s_range": [min(decodes), max(decodes)] if decodes else [float("nan"), float("nan")],
     }
 
 
@@ -720,7 +810,16 @@ def _f(x: Any, fmt: str = ".0f") -> str:
     return format(x, fmt)
 
 
-def markdown(results: dict[str, Any]) -> str:
+def _with_range(r: dict[str, Any], key: str, fmt: str, spread: bool) -> str:
+    """``median`` or, with ``spread``, ``median (min-max)`` of a row's ``key`` / ``key_range``."""
+    low, high = r.get(f"{key}_range") or (None, None)
+    if not spread or low is None:
+        return _f(r[key], fmt)
+    return f"{_f(r[key], fmt)} ({_f(low, fmt)}-{_f(high, fmt)})"
+
+
+def markdown(results: dict[str, Any], spread: bool = False) -> str:
+    """The results table; with ``spread`` the prefill, TTFT and decode cells are ``median (min-max)`` over the runs."""
     lines = [
         "| method | budget | B | LLM tokens | avg vis/layer | vision ms | overhead ms (% base, % full depth) "
         "| prefill ms | TTFT ms "
@@ -729,9 +828,10 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for r in results["rows"]:
         budget = "" if r["budget"] is None else r["budget"]
-        if "skipped" in r:
-            lines.append(f"| {r['method']} | {budget} | {r['batch_size']} | skipped: {r['skipped'][:90]} |"
-                         + " |" * 11)
+        if "skipped" in r or "error" in r:
+            why = f"skipped: {r['skipped']}" if "skipped" in r else f"error: {r['error']}"
+            why = why[:120].replace("|", "/").replace("\n", " ")
+            lines.append(f"| {r['method']} | {budget} | {r['batch_size']} | {why} |" + " |" * 11)
             continue
         sp = f"{_f(r.get('ttft_speedup'), '.2f')}x ({_f(r.get('ttft_speedup_ideal'), '.2f')}x)"
         pp = f"{_f(r.get('prefill_speedup'), '.2f')}x ({_f(r.get('prefill_speedup_ideal'), '.2f')}x)"
@@ -739,8 +839,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['method']} | {budget} | {r['batch_size']} | {r['llm_input_tokens']} | {r['avg_visual_tokens']:.0f} "
             f"| {_f(r['vision_ms'])} | {_f(r['overhead_ms'], '.1f')} ({_f(r.get('overhead_pct_of_base_ttft'), '.2f')}%, "
             f"{_f(r.get('overhead_pct_of_full_depth_ttft'), '.2f')}%) "
-            f"| {_f(r['prefill_ms'])} | {_f(r['ttft_ms'])} | {sp} | {pp} | {_f(r.get('prefill_pct_of_ideal'))}% "
-            f"| {_f(r['decode_tok_s'], '.1f')} | {_f(r['peak_mb'], '.1f')} | {_f(r['kv_mb'], '.2f')} "
+            f"| {_with_range(r, 'prefill_ms', '.0f', spread)} | {_with_range(r, 'ttft_ms', '.0f', spread)} "
+            f"| {sp} | {pp} | {_f(r.get('prefill_pct_of_ideal'))}% "
+            f"| {_with_range(r, 'decode_tok_s', '.1f', spread)} | {_f(r['peak_mb'], '.1f')} | {_f(r['kv_mb'], '.2f')} "
             f"({_f(r['kv_mb_formula'], '.2f')}) |"
         )
     return "\n".join(lines) + "\n"
@@ -868,7 +969,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help=f"drop to 1 repeat when the run would exceed this (default {CPU_MAX_MINUTES} on CPU)")
     p.add_argument("--clock", choices=sorted(CLOCKS),
                    help="'cpu': CPU time of the measuring thread (default on CPU with 1 thread: other processes on a "
-                        "shared machine do not count); 'wall': elapsed time (default otherwise)")
+                        "shared machine do not count); 'events': CUDA events, no host sync inside a timed region "
+                        "(default on CUDA); 'wall': elapsed time (default otherwise)")
     p.add_argument("--no-attention-check", action="store_true", help="skip the attention guard in the warm-up run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON here")
@@ -896,7 +998,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         seed=args.seed,
         check_attention=not args.no_attention_check,
     )
-    settings.clock = args.clock or ("cpu" if not cuda and settings.threads == 1 else "wall")
+    settings.clock = args.clock or ("events" if cuda else "cpu" if settings.threads == 1 else "wall")
     if settings.clock == "cpu" and (cuda or settings.threads != 1):
         raise BenchError("--clock cpu measures one thread's CPU time: use it on CPU with --threads 1")
     return settings
