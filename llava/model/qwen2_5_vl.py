@@ -202,9 +202,22 @@ def build_prompt(message: str, system: str = DEFAULT_SYSTEM) -> str:
     return f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{text}{IM_END}\n{IM_START}assistant\n"
 
 
+def read_geometry(model_path: str, config: dict, max_pixels: int | None = None):
+    """The family's :class:`~llava.compression.ModelGeometry` from ``config.json`` and the processor's
+    ``max_pixels`` (``max_pixels`` given, else ``preprocessor_config.json``'s), before any weights load."""
+    from llava.compression.families.qwen2_5_vl import nominal_geometry
+
+    vision, text = config.get("vision_config", {}), config.get("text_config", config)
+    if max_pixels is None:
+        max_pixels = build_image_processor(folder=model_path).size["longest_edge"]
+    return nominal_geometry(vision.get("patch_size", 14), vision.get("spatial_merge_size", 2),
+                            vision.get("depth", 32), text.get("num_hidden_layers", 28), max_pixels)
+
+
 def load_qwen2_5_vl(model_path: str, load_kwargs: dict, min_pixels: int | None = None,
                     max_pixels: int | None = None):
-    """``(tokenizer, model, image_processor, context_len)`` of a Qwen2.5-VL folder (hub layout)."""
+    """``(tokenizer, model, image_processor, context_len)`` of a Qwen2.5-VL folder (hub layout). The model
+    instance records the processor's ``max_pixels`` (the compression family's geometry)."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     from llava.model.checkpoint import check_loading_info, one_line
@@ -232,5 +245,8 @@ def load_qwen2_5_vl(model_path: str, load_kwargs: dict, min_pixels: int | None =
         )
     model.eval()
     processor = build_image_processor(min_pixels, max_pixels, folder=model_path)
+    from llava.compression.families.qwen2_5_vl import set_max_pixels
+
+    set_max_pixels(model, processor.size["longest_edge"])
     context_len = int(getattr(model.config.text_config, "max_position_embeddings", 32768))
     return tokenizer, model, processor, context_len

@@ -98,17 +98,24 @@ def set_max_pixels(model: Any, max_pixels: int) -> Any:
 def model_geometry(model: Any) -> ModelGeometry:
     """The largest image the processor makes: ``max_pixels / 28^2`` merged tokens on a square grid, no [CLS]. Per
     image geometries come from ``image_grid_thw`` (:func:`image_geometry`)."""
-    base = _base(model)
     vc = model.config.vision_config
-    unit = (vc.patch_size * vc.spatial_merge_size) ** 2
-    tokens = max(1, base.__dict__.get(PIXELS_ATTR, DEFAULT_MAX_PIXELS) // unit)
+    return nominal_geometry(vc.patch_size, vc.spatial_merge_size, vc.depth,
+                            model.config.text_config.num_hidden_layers,
+                            _base(model).__dict__.get(PIXELS_ATTR, DEFAULT_MAX_PIXELS))
+
+
+def nominal_geometry(patch_size: int, merge_size: int, vision_layers: int, llm_layers: int,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> ModelGeometry:
+    """The geometry of the largest image of ``max_pixels``: ``max_pixels / (patch * merge)^2`` merged tokens (made
+    square), no [CLS], features from the last block (what the merger reads)."""
+    tokens = max(1, int(max_pixels) // (patch_size * merge_size) ** 2)
     side = math.isqrt(tokens)
     return ModelGeometry(
         num_patches=side * side,
         grid=(side, side),
-        vision_layers=vc.depth,
-        llm_layers=model.config.text_config.num_hidden_layers,
-        vision_feature_layer=-1,  # the merger reads the last block's output
+        vision_layers=vision_layers,
+        llm_layers=llm_layers,
+        vision_feature_layer=-1,
         has_cls=False,
         family=FAMILY_NAME,
     )
@@ -318,7 +325,7 @@ def shrink_with_positions(
     counts = keep.sum(dim=1)
     length = int(counts.max()) if counts.numel() else 0
     batch = input_ids.shape[0]
-    pad = 0 if pad_token_id is None else int(pad_token_id)
+    pad = _pad_id(model, pad_token_id)
     new_ids = input_ids.new_full((batch, length), pad)
     new_mask = torch.zeros((batch, length), dtype=mask.dtype, device=input_ids.device)
     new_types = torch.zeros((batch, length), dtype=types_.dtype, device=input_ids.device)
@@ -335,6 +342,15 @@ def shrink_with_positions(
     position_ids = torch.cat([text_positions(new_mask)[None], new_rope], dim=0)
     return {"input_ids": new_ids, "attention_mask": new_mask, "mm_token_type_ids": new_types,
             "position_ids": position_ids, "rope_deltas": deltas}
+
+
+def _pad_id(model: Any, pad_token_id: int | None) -> int:
+    """The id written into new padding: the caller's, else the generation config's, else the text config's."""
+    for candidate in (pad_token_id, getattr(getattr(model, "generation_config", None), "pad_token_id", None),
+                      getattr(model.config.text_config, "pad_token_id", None)):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
 
 
 def prepare_multimodal_inputs(
