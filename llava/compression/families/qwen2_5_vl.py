@@ -136,10 +136,11 @@ def merged_grid(model: Any, grid_thw: Any) -> tuple[int, int]:
 # -- applying a method -----------------------------------------------------------------------------------------------
 
 
-def _default_options(spec: MethodSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """In-LLM methods keep original (t, h, w) positions here: ``compact`` renumbering is not defined for M-RoPE."""
+def default_options(spec: MethodSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with this family's defaults: in-LLM methods keep original (t, h, w) positions here (``compact``
+    renumbering is not defined for M-RoPE, and is refused)."""
     if spec.stages == (Stage.LLM,) and "llm_positions" in getattr(spec.config_cls, "__dataclass_fields__", {}):
-        if options.get("llm_positions", "original") != "original":
+        if options.get("llm_positions") not in (None, "original"):
             raise CompressionConfigError(
                 f"method {spec.name!r} on {FAMILY_NAME}: --llm-positions {options['llm_positions']} is not defined for "
                 "M-RoPE (3-axis) positions; kept tokens keep their (t, h, w) positions (--llm-positions original)"
@@ -153,9 +154,9 @@ def apply(model: Any, method: str | MethodConfig, **options: Any) -> Any:
     if not supports(model):
         raise TypeError(f"the {FAMILY_NAME} family handles Qwen2_5_VLForConditionalGeneration, not {type(model).__name__}")
     if isinstance(method, str):
-        options = _default_options(get_method(method), options)
+        options = default_options(get_method(method), options)
     elif getattr(method, "llm_positions", "original") != "original":
-        options = _default_options(get_method(method.name), {"llm_positions": method.llm_positions})
+        options = default_options(get_method(method.name), {"llm_positions": method.llm_positions})
     config = FAMILY.build_config(model, method, **options)
     spec = get_method(config.name)
     remove(model)
