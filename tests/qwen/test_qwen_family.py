@@ -19,6 +19,7 @@ LLM_METHODS = {
     "pdrop": dict(pdrop_layers="1,2,3", pdrop_lambda=0.5),
     "sparsevlm": dict(sparsevlm_layers="1,2", sparsevlm_counts="20,10"),
     "dart": dict(dart_k=2, visual_token_num=8),
+    "ficoco-l": dict(ficoco_start_layer=1, visual_token_num=16),
 }
 PRE_LLM_METHODS = {
     "divprune": dict(visual_token_num=16),
