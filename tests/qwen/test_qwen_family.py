@@ -48,7 +48,7 @@ def test_tiny_checkpoint_loads_through_the_builder(tiny_qwen, loaded, images):
     grid = processor(images=images[1], return_tensors="pt")["image_grid_thw"][0].tolist()
     assert grid == [1, 16, 16]
     geometry = read_model_geometry(tiny_qwen)
-    assert geometry.has_cls is False and geometry.num_patches == 64 == family.model_geometry(model).num_patches
+    assert geometry.has_cls is False and geometry.num_patches == 144 == family.model_geometry(model).num_patches
     _, _, small, _ = load_pretrained_model(tiny_qwen, device="cpu", max_pixels=28 * 28 * 16)
     assert small(images=images[1], return_tensors="pt")["image_grid_thw"][0].tolist() == [1, 8, 8]
     assert read_model_geometry(tiny_qwen, max_pixels=28 * 28 * 16).num_patches == 16
