@@ -376,12 +376,14 @@ def geometry_for_checkpoint(checkpoint: str) -> BenchGeometry:
     except KeyError:
         pass
     size = re.search(r"(\d+)b\b", base)
+    if re.search(r"qwen2[._]5[-_]?vl", base):  # before "tiny": a tiny Qwen is not the tiny LLaVA
+        if "tiny" in base or (size is not None and size.group(1) != "7"):
+            raise KeyError(f"no model geometry known for checkpoint {checkpoint!r} (give its folder)")
+        return QWEN_2_5_VL_7B
     if "tiny" in base:
         return _tiny()
     if "video" in base:
         return VIDEO_LLAVA_7B
-    if re.search(r"qwen2[._]5[-_]vl", base) and (size is None or size.group(1) == "7"):
-        return QWEN_2_5_VL_7B
     if re.search(r"v?1[._]6|next", base) and (size is None or size.group(1) == "7"):
         return LLAVA_NEXT_7B
     if re.search(r"v?1[._]5", base) and size is not None and size.group(1) in ("7", "13"):

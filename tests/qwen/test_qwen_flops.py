@@ -57,5 +57,9 @@ def test_flops_count_the_merger_on_every_token_and_refuse_what_the_family_refuse
     for method in ("fastervlm", "visionzip", "tome"):
         with pytest.raises(FlopsError, match="qwen2.5-vl"):
             flops_breakdown(method, geometry, {"visual_token_num": 64})
+    # results files name the checkpoint: the 7B maps to this geometry, a tiny Qwen is never taken for the tiny LLaVA
+    assert geometry_for_checkpoint("checkpoints/Qwen2.5-VL-7B-Instruct") is QWEN_2_5_VL_7B
+    with pytest.raises(KeyError):
+        geometry_for_checkpoint("tiny-qwen2.5-vl")
     larger = qwen_geometry_for_image((1080, 1920), max_pixels=28 * 28 * 1280)
     assert flops_breakdown("none", larger).total > base.total
