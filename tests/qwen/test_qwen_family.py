@@ -111,7 +111,7 @@ def test_keep_all_equals_no_method_bit_for_bit(qwen, images):
         assert torch.equal(greedy(model, batch), expected)
 
 
-@pytest.mark.parametrize("method", ["divprune", "pool", "fastv", "sparsevlm"])
+@pytest.mark.parametrize("method", ["divprune", "random", "pool", "fastv", "sparsevlm", "dart"])
 @torch.inference_mode()
 def test_batch_of_three_sizes_equals_single_runs(qwen, images, method):
     tokenizer, model, processor = qwen

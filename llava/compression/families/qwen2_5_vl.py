@@ -310,6 +310,8 @@ def shrink_with_positions(
     ``rope_deltas`` (``[B, 1]``, what ``get_rope_index`` would report for the shrunk rows)."""
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     valid = mask.bool()
+    if bool(((input_ids == model.config.video_token_id) & valid).any()):
+        raise ValueError(f"{FAMILY_NAME}: prompts with videos are not integrated with compression yet (images only)")
     types_ = token_type_ids(model, input_ids) if mm_token_type_ids is None else mm_token_type_ids
     rope, _ = model.model.get_rope_index(input_ids, mm_token_type_ids=types_, image_grid_thw=image_grid_thw,
                                          attention_mask=mask)
