@@ -941,6 +941,9 @@ def _main(args: argparse.Namespace, settings: Settings) -> int:
             weights = f"checkpoint {args.model_path}"
         else:
             full = get_geometry(args.model_config)
+            if full.is_qwen:
+                raise BenchError(f"--model-config {full.name}: the latency harness builds LLaVA-shaped models only; "
+                                 "for Qwen2.5-VL's FLOPs use python -m llava.bench.flops --model-config qwen2.5-vl-7b")
             changes = {}
             if args.layers:
                 changes["llm_layers"] = args.layers
