@@ -10,7 +10,7 @@ import pytest
 
 from llava.eval import model_vqa_loader
 from llava.model.qwen2_5_vl import build_prompt
-from tests.conftest import IMAGE_SIZES, read_jsonl
+from tests.conftest import read_jsonl
 
 
 def _run(ckpt, questions, images, answers, *extra):
@@ -89,7 +89,3 @@ def test_qwen_scripts_cover_exactly_the_supported_methods():
     assert folders == set(supported_script_folders("qwen2.5-vl"))
     assert {"baseline", "DivPrune", "Random", "Pool", "FastV", "PDrop", "SparseVLM", "DART"} <= folders
     assert not folders & {"FasterVLM", "VTC-CLS", "PruMerge", "PruMerge+", "VisionZip", "ToMe"}
-
-
-def test_image_sizes_fixture_has_distinct_aspects():
-    assert len({w * 1000 // h for w, h in IMAGE_SIZES}) > 2
