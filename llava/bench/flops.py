@@ -264,7 +264,7 @@ def _divprune(config, g, ctx):
     k = _per_image_budget(config, g, ctx)
     n = g.patches_per_image
     projected = config.divprune_space == "projected"
-    width = g.llm_hidden if projected else g.vision_hidden
+    width = g.llm_hidden if projected or g.is_qwen else g.vision_hidden  # Qwen: on the merged (LLM-width) tokens
     # N x N cosine distances + k greedy max-min sweeps over N (comparisons, counted as 2 k N)
     overhead = 2.0 * n * n * width + 2.0 * k * n
     return _pre_llm(
@@ -483,6 +483,12 @@ def build_config(
     if visual_tokens is not None and pre and "visual_token_num" in fields and "visual_token_num" not in given:
         args["visual_token_num"] = max(1, round(visual_tokens / geometry.images_per_sample))
     geo = geometry.compression_geometry() if pre else llm_geometry(geometry)
+    if geometry.is_qwen and spec.stages:  # what the Qwen2.5-VL family runs (no [CLS], no in-encoder merging)
+        from llava.compression.families import get_family
+
+        reason = get_family("qwen2.5-vl").refusal(spec)
+        if reason is not None:
+            raise FlopsError(reason)
     try:
         return make_config(spec.name, geo, **args)
     except CompressionConfigError as err:
@@ -557,14 +563,41 @@ def vision_layer_flops(g: BenchGeometry, attn_tokens: int, mlp_tokens: int) -> f
     return f
 
 
+def window_sizes(g: BenchGeometry) -> list[int]:
+    """Qwen2.5-VL: patches in each attention window of one image (windows of ``window_size`` px, i.e. ``s x s``
+    merged tokens, tiled from the top-left corner; the last row / column of windows is cut by the image edge)."""
+    rows, cols = g.grid
+    side = max(1, g.window_size // (g.patch_size * g.merge_size))
+    spans = [[min(side, n - start) for start in range(0, n, side)] for n in (rows, cols)]
+    return [r * c * g.merge_size**2 for r in spans[0] for c in spans[1]]
+
+
+def qwen_vision_flops(g: BenchGeometry) -> float:
+    """One image through a Qwen2.5-VL tower: Conv3d patch embedding, per block ``8 N Dv^2`` (qkv, proj) + attention
+    (``4 N^2 Dv`` in a full-attention block, ``4 sum_w n_w^2 Dv`` over its windows in a windowed one) + SwiGLU
+    ``6 N Dv Hv``; the merger is counted as the projector."""
+    n, c = g.vision_tokens, g.vision_hidden
+    windows = sum(w * w for w in window_sizes(g))
+    full = g.full_attention_layers
+    dense = g.vision_layers * (8.0 * n * c * c + 6.0 * n * c * g.vision_intermediate)
+    attention = 4.0 * c * (full * n * n + (g.vision_layers - full) * windows)
+    patch_embed = 2.0 * n * 3 * g.temporal_patch_size * g.patch_size**2 * c
+    return patch_embed + dense + attention
+
+
 def vision_flops(g: BenchGeometry, encoder: Sequence[tuple[int, int]] | None = None) -> float:
     """Vision-encoder FLOPs of one sample (all its images)."""
+    if g.is_qwen:
+        return g.images_per_sample * qwen_vision_flops(g)
     encoder = full_encoder(g) if encoder is None else encoder
     patch_embed = 2.0 * g.patches_per_image * 3 * g.patch_size**2 * g.vision_hidden
     return g.images_per_sample * (patch_embed + sum(vision_layer_flops(g, a, m) for a, m in encoder))
 
 
 def projector_flops(g: BenchGeometry, tokens: int) -> float:
+    if g.is_qwen:  # the merger (an MLP on every merge^2 patches) runs before any pre-LLM method: all tokens
+        wide = g.vision_hidden * g.merge_size**2
+        return 2.0 * g.projected_tokens * (wide * wide + wide * g.llm_hidden)
     return 2.0 * tokens * (g.vision_hidden * g.llm_hidden + (g.projector_layers - 1) * g.llm_hidden**2)
 
 
@@ -710,11 +743,27 @@ def parameter_count(geometry: BenchGeometry | str) -> dict[str, int]:
     """Weights of the vision tower, projector and LLM (embeddings and LM head included), biases included."""
     g = get_geometry(geometry) if isinstance(geometry, str) else geometry
     c, hv = g.vision_hidden, g.vision_intermediate
+    if g.is_qwen:
+        return _qwen_parameter_count(g)
     vision_layer = 4 * (c * c + c) + (c * hv + hv) + (hv * c + c) + 4 * c
     vision = g.vision_layers * vision_layer + 3 * g.patch_size**2 * c + (g.vision_tokens + 1) * c + 4 * c
     d = g.llm_hidden
     projector = (c * d + d) + (g.projector_layers - 1) * (d * d + d)
     llm_layer = 2 * d * d + 2 * d * g.llm_kv_width + 3 * d * g.llm_intermediate + 2 * d
+    llm = g.llm_layers * llm_layer + 2 * g.vocab_size * d + d
+    return {"vision": vision, "projector": projector, "llm": llm, "total": vision + projector + llm}
+
+
+def _qwen_parameter_count(g: BenchGeometry) -> dict[str, int]:
+    """Qwen2.5-VL: blocks with qkv / proj and a SwiGLU MLP (all with biases) and two RMSNorms, a Conv3d patch
+    embedding without bias; the merger (RMSNorm + two linears) as the projector; a Qwen2 decoder (q / k / v biases,
+    untied LM head)."""
+    c, hv, d = g.vision_hidden, g.vision_intermediate, g.llm_hidden
+    block = (3 * c * c + 3 * c) + (c * c + c) + 2 * (c * hv + hv) + (hv * c + c) + 2 * c
+    vision = g.vision_layers * block + 3 * g.temporal_patch_size * g.patch_size**2 * c
+    wide = c * g.merge_size**2
+    projector = c + (wide * wide + wide) + (wide * d + d)
+    llm_layer = 2 * d * d + 2 * d * g.llm_kv_width + d + 2 * g.llm_kv_width + 3 * d * g.llm_intermediate + 2 * d
     llm = g.llm_layers * llm_layer + 2 * g.vocab_size * d + d
     return {"vision": vision, "projector": projector, "llm": llm, "total": vision + projector + llm}
 
@@ -865,13 +914,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--text-tokens", type=int, default=None, help="non-visual prompt tokens (default 60)")
     p.add_argument("--kv-bytes", type=int, default=2, help="bytes per cached value (2 = fp16/bf16)")
     p.add_argument("--image-size", default=None, metavar="HxW",
-                   help="LLaVA-NeXT only: count one image of this size (height x width px), e.g. 480x640")
+                   help="LLaVA-NeXT / Qwen2.5-VL: count one image of this size (height x width px), e.g. 480x640")
+    p.add_argument("--max-pixels", type=int, default=28 * 28 * 1280,
+                   help="Qwen2.5-VL with --image-size: the processor's max_pixels (default 28*28*1280)")
     p.add_argument("--next-grid", default="anyres", choices=["anyres", "fixed-672"],
                    help="LLaVA-NeXT with --image-size: anyres (LLaVA-1.6's real count) | fixed-672 (2880)")
     args = p.parse_args(argv)
     try:
         geometry = get_geometry(args.model_config)
-        if args.image_size is not None:
+        if args.image_size is not None and geometry.is_qwen:
+            geometry = _qwen_image_geometry(geometry, args.image_size, args.max_pixels)
+        elif args.image_size is not None:
             geometry = _next_image_geometry(geometry, args.image_size, args.next_grid)
         methods = sweep_methods(args.methods)
         budgets = [int(t) for t in args.tokens.split(",") if t.strip()]
@@ -883,6 +936,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{geometry.name}: {geometry.description}; {text} text tokens; FLOPs per sample (module docstring)\n")
     print(markdown_table(rows), end="")
     return 0
+
+
+def _parse_image_size(image_size: str) -> tuple[int, int]:
+    parts = image_size.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--image-size {image_size!r}: give height x width in pixels, e.g. 480x640")
+    return int(parts[0]), int(parts[1])
+
+
+def _qwen_image_geometry(geometry: BenchGeometry, image_size: str, max_pixels: int) -> BenchGeometry:
+    """``geometry`` (a Qwen2.5-VL one) for one image of ``image_size`` = ``"HxW"`` at ``max_pixels``."""
+    from llava.bench.geometries import qwen_geometry_for_image
+
+    return qwen_geometry_for_image(_parse_image_size(image_size), base=geometry, max_pixels=max_pixels)
 
 
 def _next_image_geometry(geometry: BenchGeometry, image_size: str, mode: str) -> BenchGeometry:

@@ -12,6 +12,10 @@ llava-next-7b  LLaVA-1.6-Vicuna-7B with AnyRes fixed at 672x672: 5 crops of 336 
                (base + grid crops, unpadded to the aspect ratio, one ``image_newline`` per row)
 video-llava-7b LanguageBind video tower (CLIP ViT-L/14 at 224: 257 tokens per frame, 24 layers with temporal
                attention over the 8 frames), 8 frames x 256 = 2048 visual tokens, Vicuna-7B
+qwen2.5-vl-7b  Qwen2.5-VL-7B: window-attention ViT (32 blocks, 1280 wide, SwiGLU, windows of 112 px, full attention
+               in blocks 7/15/23/31, no [CLS]), 2x2 patch merger, Qwen2.5-7B (28 x 3584, FFN 18944, 4 KV heads);
+               the token count is dynamic: the default is one 672x672 image (48x48 patches -> 24x24 = 576
+               tokens), :func:`qwen_geometry_for_image` gives any image's count (``min_pixels`` / ``max_pixels``)
 tiny           :data:`llava.model.tiny.TINY` (the random test checkpoints)
 ============== ====================================================================================================
 
@@ -31,6 +35,7 @@ from typing import Any
 from llava.compression.registry import ModelGeometry
 
 DEFAULT_TEXT_TOKENS = 60
+CLIP_VISION, QWEN_VISION = "clip", "qwen2.5-vl"  # BenchGeometry.vision_arch
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,29 @@ class BenchGeometry:
     # visual tokens the LLM receives per sample when they are not images x patches (LLaVA-NeXT anyres: unpadding and
     # image_newline tokens); None = images_per_sample * patches_per_image
     llm_visual_tokens: int | None = None
+    # Qwen2.5-VL-style towers (vision_arch "qwen2.5-vl"): no [CLS], SwiGLU MLPs, attention inside windows of
+    # window_size px except in full_attention_layers blocks, a merger of merge_size^2 patches (2-layer MLP to the LLM
+    # width) after the tower, Conv3d patches of temporal_patch_size frames; merged_grid = one image's (rows, cols)
+    # after the merger (dynamic resolution), which is what the LLM and the methods see
+    vision_arch: str = CLIP_VISION
+    merge_size: int = 1
+    window_size: int = 0
+    full_attention_layers: int = 0
+    temporal_patch_size: int = 1
+    merged_grid: tuple[int, int] | None = None
 
     # -- derived -------------------------------------------------------------------------------------------------
 
     @property
+    def is_qwen(self) -> bool:
+        return self.vision_arch == QWEN_VISION
+
+    @property
     def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.patch_size
+        """The grid of tokens one image gives the LLM (Qwen2.5-VL: after the merger)."""
+        if self.merged_grid is not None:
+            return (int(self.merged_grid[0]), int(self.merged_grid[1]))
+        side = self.image_size // self.patch_size // self.merge_size
         return (side, side)
 
     @property
@@ -82,7 +104,9 @@ class BenchGeometry:
 
     @property
     def vision_tokens(self) -> int:
-        """Tokens per image inside the encoder ([CLS] + patches)."""
+        """Tokens per image inside the encoder ([CLS] + patches; Qwen2.5-VL: the patches before the merger)."""
+        if self.is_qwen:
+            return self.patches_per_image * self.merge_size**2
         return self.patches_per_image + 1
 
     @property
@@ -123,6 +147,8 @@ class BenchGeometry:
             vision_layers=self.vision_layers,
             llm_layers=self.llm_layers,
             vision_feature_layer=self.vision_feature_layer,
+            has_cls=not self.is_qwen,
+            family="qwen2.5-vl" if self.is_qwen else "",
         )
 
     def replace(self, **changes: Any) -> BenchGeometry:
@@ -139,6 +165,8 @@ class BenchGeometry:
         latency harness feeds ``images_per_sample`` separate images instead, which gives the same token counts
         (the temporal attention is left out, see the latency output's notes).
         """
+        if self.is_qwen:
+            raise ValueError(f"{self.name}: the latency harness builds LLaVA-shaped models only (no Qwen2.5-VL yet)")
         from llava.model.configs import clip_vision_config, llama_text_config, llava_config
         from llava.model.original_layout import padded_vocab
 
@@ -219,6 +247,55 @@ VIDEO_LLAVA_7B = BenchGeometry(
     "8 frames x 256 = 2048 visual tokens, Vicuna-7B",
 )
 
+QWEN_2_5_VL_7B = BenchGeometry(
+    name="qwen2.5-vl-7b",
+    image_size=672,
+    patch_size=14,
+    vision_hidden=1280,
+    vision_intermediate=3420,
+    vision_layers=32,
+    vision_heads=16,
+    vision_feature_layer=-1,
+    projector_layers=2,
+    llm_hidden=3584,
+    llm_intermediate=18944,
+    llm_layers=28,
+    llm_heads=28,
+    llm_kv_heads=4,
+    vocab_size=152064,
+    vision_arch=QWEN_VISION,
+    merge_size=2,
+    window_size=112,
+    full_attention_layers=4,
+    temporal_patch_size=2,
+    merged_grid=(24, 24),
+    description="Qwen2.5-VL-7B: window-attention ViT + 2x2 merger + Qwen2.5-7B; one 672x672 image = 576 merged "
+    "tokens (dynamic: qwen_geometry_for_image)",
+)
+
+
+def qwen_geometry_for_image(
+    image_size: tuple[int, int],
+    base: BenchGeometry = QWEN_2_5_VL_7B,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
+) -> BenchGeometry:
+    """``base`` (a Qwen2.5-VL geometry) for one image of ``image_size = (height, width)`` px, resized as Qwen's
+    processor does (``smart_resize``: multiples of ``patch * merge`` px within ``[min_pixels, max_pixels]``)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    unit = base.patch_size * base.merge_size
+    height, width = smart_resize(int(image_size[0]), int(image_size[1]), factor=unit, min_pixels=min_pixels,
+                                 max_pixels=max_pixels)
+    rows, cols = height // unit, width // unit
+    return base.replace(
+        name=f"{base.name}@{int(image_size[0])}x{int(image_size[1])}",
+        merged_grid=(rows, cols),
+        description=f"{base.name}, one {image_size[0]}x{image_size[1]} (HxW) image resized to {height}x{width}: "
+        f"{rows}x{cols} = {rows * cols} merged tokens",
+    )
+
+
 # LLaVA-1.6's image_grid_pinpoints (the same set read as (height, width) or (width, height))
 LLAVA_16_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
@@ -251,7 +328,9 @@ def next_geometry_for_image(
     )
 
 
-_NAMED: dict[str, BenchGeometry] = {g.name: g for g in (LLAVA_15_7B, LLAVA_15_13B, LLAVA_NEXT_7B, VIDEO_LLAVA_7B)}
+_NAMED: dict[str, BenchGeometry] = {
+    g.name: g for g in (LLAVA_15_7B, LLAVA_15_13B, LLAVA_NEXT_7B, VIDEO_LLAVA_7B, QWEN_2_5_VL_7B)
+}
 _ALIASES = {
     "llava-v1.5-7b": "llava-1.5-7b",
     "llava-v1.5-13b": "llava-1.5-13b",
@@ -263,6 +342,8 @@ _ALIASES = {
     "llava-v1.6-vicuna-7b-hf": "llava-next-7b",
     "video-llava-7b-hf": "video-llava-7b",
     "videollava-7b": "video-llava-7b",
+    "qwen2.5-vl-7b-instruct": "qwen2.5-vl-7b",
+    "qwen2_5_vl_7b": "qwen2.5-vl-7b",
 }
 
 
@@ -295,6 +376,10 @@ def geometry_for_checkpoint(checkpoint: str) -> BenchGeometry:
     except KeyError:
         pass
     size = re.search(r"(\d+)b\b", base)
+    if re.search(r"qwen2[._]5[-_]?vl", base):  # before "tiny": a tiny Qwen is not the tiny LLaVA
+        if "tiny" in base or (size is not None and size.group(1) != "7"):
+            raise KeyError(f"no model geometry known for checkpoint {checkpoint!r} (give its folder)")
+        return QWEN_2_5_VL_7B
     if "tiny" in base:
         return _tiny()
     if "video" in base:
@@ -312,12 +397,43 @@ def geometry_from_config_file(model_path: str) -> BenchGeometry:
         cfg = json.load(f)
     from llava.model.builder import checkpoint_family
 
+    if checkpoint_family(model_path) == "qwen2_5_vl":
+        return geometry_from_qwen_config(cfg, name=os.path.basename(os.path.normpath(model_path)))
     if checkpoint_family(model_path) == "llava_next":  # the fixed-grid convention of llava-next-7b: base + 2 x 2
         geometry = _geometry_of_layout(model_path, cfg)
         return geometry.replace(images_per_sample=LLAVA_NEXT_7B.images_per_sample,
                                 description=f"{geometry.name}: LLaVA-NeXT, fixed 672 grid (5 crops); "
                                 "next_geometry_for_image counts one image's anyres tokens")
     return _geometry_of_layout(model_path, cfg)
+
+
+def geometry_from_qwen_config(cfg: dict, name: str = "model") -> BenchGeometry:
+    """A Qwen2.5-VL ``config.json`` (dict): its tower and decoder shapes, one 672x672 image by default."""
+    vision, text = cfg.get("vision_config", {}), cfg.get("text_config", cfg)
+    heads = text.get("num_attention_heads", 28)
+    full = vision.get("fullatt_block_indexes", (7, 15, 23, 31))
+    patch, merge = vision.get("patch_size", 14), vision.get("spatial_merge_size", 2)
+    side = 672 // (patch * merge)
+    return QWEN_2_5_VL_7B.replace(
+        name=name,
+        patch_size=patch,
+        vision_hidden=vision.get("hidden_size", 1280),
+        vision_intermediate=vision.get("intermediate_size", 3420),
+        vision_layers=vision.get("depth", 32),
+        vision_heads=vision.get("num_heads", 16),
+        llm_hidden=text.get("hidden_size", 3584),
+        llm_intermediate=text.get("intermediate_size", 18944),
+        llm_layers=text.get("num_hidden_layers", 28),
+        llm_heads=heads,
+        llm_kv_heads=text.get("num_key_value_heads") or heads,
+        vocab_size=text.get("vocab_size", 152064),
+        merge_size=merge,
+        window_size=vision.get("window_size", 112),
+        full_attention_layers=len(full),
+        temporal_patch_size=vision.get("temporal_patch_size", 2),
+        merged_grid=(side, side),
+        description=f"{name}: Qwen2.5-VL, one 672x672 image ({side}x{side} merged tokens)",
+    )
 
 
 def _geometry_of_layout(model_path: str, cfg: dict) -> BenchGeometry:

@@ -328,7 +328,8 @@ class AttentionReport:
 def attention_guard(model: Any, threshold: int, strict: bool = True) -> Iterator[AttentionReport]:
     """Watch a model while a method runs.
 
-    * the eager attention functions of CLIP and Llama are replaced by ones that fail (``strict``) or count: SDPA /
+    * the eager attention functions of CLIP, Llama and Qwen2.5-VL (its vision tower and decoder share one) are
+      replaced by ones that fail (``strict``) or count: SDPA /
       FlashAttention models never call them, so any call means something switched a layer to eager;
     * every attention module gets a forward hook that fails / counts when it returns attention weights
       (``output_attentions``);
@@ -337,6 +338,7 @@ def attention_guard(model: Any, threshold: int, strict: bool = True) -> Iterator
     """
     import transformers.models.clip.modeling_clip as clip_mod
     import transformers.models.llama.modeling_llama as llama_mod
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen_mod
 
     report = AttentionReport(threshold=threshold)
 
@@ -349,7 +351,8 @@ def attention_guard(model: Any, threshold: int, strict: bool = True) -> Iterator
 
         return eager
 
-    original = {"clip": clip_mod.eager_attention_forward, "llama": llama_mod.eager_attention_forward}
+    original = {"clip": clip_mod.eager_attention_forward, "llama": llama_mod.eager_attention_forward,
+                "qwen2.5-vl": qwen_mod.eager_attention_forward}
     softmaxes = {"F": torch.nn.functional.softmax, "torch": torch.softmax, "tensor": torch.Tensor.softmax}
 
     def watch(fn):
@@ -373,6 +376,7 @@ def attention_guard(model: Any, threshold: int, strict: bool = True) -> Iterator
     ]
     clip_mod.eager_attention_forward = refuse("clip")
     llama_mod.eager_attention_forward = refuse("llama")
+    qwen_mod.eager_attention_forward = refuse("qwen2.5-vl")
     torch.nn.functional.softmax = watch(softmaxes["F"])
     torch.softmax = watch(softmaxes["torch"])
     torch.Tensor.softmax = watch(softmaxes["tensor"])
@@ -381,6 +385,7 @@ def attention_guard(model: Any, threshold: int, strict: bool = True) -> Iterator
     finally:
         clip_mod.eager_attention_forward = original["clip"]
         llama_mod.eager_attention_forward = original["llama"]
+        qwen_mod.eager_attention_forward = original["qwen2.5-vl"]
         torch.nn.functional.softmax = softmaxes["F"]
         torch.softmax = softmaxes["torch"]
         torch.Tensor.softmax = softmaxes["tensor"]
@@ -1038,6 +1043,9 @@ def _main(args: argparse.Namespace, settings: Settings) -> int:
             weights = f"checkpoint {args.model_path}"
         else:
             full = get_geometry(args.model_config)
+            if full.is_qwen:
+                raise BenchError(f"--model-config {full.name}: the latency harness builds LLaVA-shaped models only; "
+                                 "for Qwen2.5-VL's FLOPs use python -m llava.bench.flops --model-config qwen2.5-vl-7b")
             changes = {}
             if args.layers:
                 changes["llm_layers"] = args.layers

@@ -55,6 +55,10 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
     p.add_argument("--budget-mode", default=None, choices=["per-crop", "global"],
                    help="LLaVA-NeXT, pre-LLM methods: per-crop (default; T visual tokens per crop, FasterVLM's "
                         "convention) | global (fastervlm: T x crops per image, split by score across its crops)")
+    p.add_argument("--min-pixels", type=int, default=None,
+                   help="Qwen2.5-VL only: the image processor's min_pixels (default: the checkpoint's)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="Qwen2.5-VL only: the image processor's max_pixels (default: the checkpoint's)")
     p.add_argument("--num-chunks", type=int, default=1)
     p.add_argument("--chunk-idx", type=int, default=0)
     add_run_arguments(p, max_new_tokens, "image")
@@ -104,6 +108,9 @@ class _ItemImages(Dataset):
             processed = self.image_processor(images=image, return_tensors="pt")
         except BadInputError as err:
             return index, None, None, f"question {item.question_id!r}: {err}"
+        grid = processed.get("image_grid_thw")
+        if grid is not None:  # Qwen2.5-VL: all the image's patches, with its (t, h, w) grid
+            return index, processed["pixel_values"], tuple(int(s) for s in grid[0]), None
         sizes = processed.get("image_sizes")
         image_size = None if sizes is None else tuple(int(s) for s in sizes[0])
         return index, processed["pixel_values"][0], image_size, None
@@ -116,16 +123,24 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     next_grid = getattr(args, "next_grid", "anyres")
-    is_next = checkpoint_family(args.model_path) == "llava_next"
+    family = checkpoint_family(args.model_path)
+    is_next, is_qwen = family == "llava_next", family == "qwen2_5_vl"
     if next_grid != "anyres" and not is_next:
         raise CheckpointError(f"--next-grid {next_grid} applies to LLaVA-NeXT checkpoints only; {args.model_path} is "
-                              "LLaVA-1.5 (drop --next-grid)")
-    method = config_from_args(args, read_model_geometry(args.model_path, args.vision_tower))
+                              f"{'Qwen2.5-VL' if is_qwen else 'LLaVA-1.5'} (drop --next-grid)")
+    pixels = {"min_pixels": getattr(args, "min_pixels", None), "max_pixels": getattr(args, "max_pixels", None)}
+    if is_qwen:
+        check_qwen_conv_mode(args)
+        qwen_method_defaults(args)
+    elif any(v is not None for v in pixels.values()):
+        raise CheckpointError(f"--min-pixels / --max-pixels apply to Qwen2.5-VL checkpoints only; {args.model_path} "
+                              "is not one (drop them)")
+    method = config_from_args(args, read_model_geometry(args.model_path, args.vision_tower, pixels["max_pixels"]))
     budget_mode = getattr(args, "budget_mode", None)
     if budget_mode is not None:
         if not is_next:
             raise CheckpointError(f"--budget-mode {budget_mode} applies to LLaVA-NeXT checkpoints only (its crops); "
-                                  f"{args.model_path} is LLaVA-1.5 (drop --budget-mode)")
+                                  f"{args.model_path} is not one (drop --budget-mode)")
         from llava.compression.families.llava_next import check_budget_mode
 
         check_budget_mode(method, budget_mode)
@@ -150,6 +165,8 @@ def run(args: argparse.Namespace, load_items: Callable[[], list[EvalItem]]) -> N
         base_metadata["run"]["next_grid"] = next_grid
         if budget_mode == "global":  # recorded only when it differs from the default, per crop
             base_metadata["run"]["budget_mode"] = budget_mode
+    if is_qwen:  # the pixel range changes every Qwen answer likewise
+        base_metadata["run"].update({k: v for k, v in pixels.items() if v is not None})
     with AnswerWriter(args.answers_file, record_settings({"model_id": model_id, "metadata": base_metadata}),
                       [it.key for it in items], overwrite=args.overwrite, retry_errors=args.retry_errors) as writer:
         todo = [it for it in items if not writer.is_answered(it.key)]
@@ -168,13 +185,19 @@ def _answer(args: argparse.Namespace, todo: list[EvalItem], writer: AnswerWriter
         args.model_path, args.model_base, device=args.device, dtype=args.dtype,
         attn_implementation=args.attn_implementation, vision_tower=args.vision_tower,
         next_grid=getattr(args, "next_grid", "anyres"),
+        min_pixels=getattr(args, "min_pixels", None), max_pixels=getattr(args, "max_pixels", None),
     )
     if method.name != "none":
         from llava.compression import apply
 
         budget_mode = getattr(args, "budget_mode", None)
         apply(model, method, **({} if budget_mode is None else {"budget_mode": budget_mode}))
-    generator = LlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
+    if getattr(model.config, "model_type", None) == "qwen2_5_vl":
+        from llava.eval.qwen_inference import QwenGenerator
+
+        generator = QwenGenerator(tokenizer, model, save_kept_tokens=args.save_kept_tokens)
+    else:
+        generator = LlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
 
     loader = DataLoader(_ItemImages(todo, image_processor), batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers, collate_fn=list)
@@ -207,6 +230,29 @@ def _answer(args: argparse.Namespace, todo: list[EvalItem], writer: AnswerWriter
         tokens = f"{visual_tokens_total / with_image:.1f} per image" if with_image else "no images"
         print(f"answered {answered} questions in {elapsed:.1f}s ({elapsed / answered:.2f}s each); "
               f"visual tokens to the LLM: {tokens}; answers: {args.answers_file}")
+
+
+def check_qwen_conv_mode(args: argparse.Namespace) -> None:
+    """Qwen2.5-VL answers with its own chat format: ``--conv-mode`` is ``qwen2_5_vl`` (the LLaVA default
+    ``vicuna_v1`` is taken to mean the model's own template); another template is refused."""
+    from llava.eval.qwen_inference import CONV_MODE
+
+    if args.conv_mode not in ("vicuna_v1", CONV_MODE):
+        raise ValueError(f"--conv-mode {args.conv_mode}: a Qwen2.5-VL checkpoint uses its own chat format "
+                         f"(--conv-mode {CONV_MODE}, or leave the default)")
+    args.conv_mode = CONV_MODE
+
+
+def qwen_method_defaults(args: argparse.Namespace) -> None:
+    """The Qwen2.5-VL family's defaults for the method flags (in-LLM methods keep original M-RoPE positions;
+    ``--llm-positions compact`` is refused), before the config is built."""
+    from llava.compression.families.qwen2_5_vl import default_options
+    from llava.compression.registry import get_method
+
+    given = {} if getattr(args, "llm_positions", None) is None else {"llm_positions": args.llm_positions}
+    options = default_options(get_method(args.method), given)
+    if "llm_positions" in options:
+        args.llm_positions = options["llm_positions"]
 
 
 def _finish_data_parallel(launch, args: argparse.Namespace, final_answers: str) -> None:

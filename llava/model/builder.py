@@ -32,6 +32,9 @@ from llava.model.original_layout import (
     resolve_vision_tower,
     weight_files,
 )
+from llava.model.qwen2_5_vl import FAMILY as QWEN_FAMILY
+from llava.model.qwen2_5_vl import is_qwen2_5_vl_config, load_qwen2_5_vl
+from llava.model.qwen2_5_vl import read_geometry as read_qwen_geometry
 from llava.model.sentencepiece_tokenizer import has_sentencepiece_only
 
 
@@ -43,7 +46,7 @@ class LoadedInfo:
     model_path: str
     vision_tower: str | None
     image_aspect_ratio: str
-    family: str = "llava"  # "llava" (LLaVA-1.5) or "llava_next" (LLaVA-1.6)
+    family: str = "llava"  # "llava" (LLaVA-1.5), "llava_next" (LLaVA-1.6) or "qwen2_5_vl"
     next_grid: str | None = None  # LLaVA-NeXT only: "anyres" or "fixed-672"
 
 
@@ -87,8 +90,10 @@ def load_pretrained_model(
     vision_tower: str | None = None,
     device_map: str | dict | None = None,
     next_grid: str = "anyres",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ):
-    """Load a LLaVA-1.5 or LLaVA-NeXT checkpoint of either layout.
+    """Load a LLaVA-1.5 or LLaVA-NeXT checkpoint of either layout, or a Qwen2.5-VL checkpoint (hub layout).
 
     Args:
         model_path: a local folder in the llava-hf layout or the original LLaVA layout.
@@ -105,6 +110,9 @@ def load_pretrained_model(
             ``image_grid_pinpoints``, unpadding, ``image_newline`` tokens). ``"fixed-672"``: FasterVLM's setting for
             its NeXT numbers (grid fixed at 2 x 2 crops, ``spatial`` merge without unpadding or newlines: a constant
             5 x 576 = 2880 tokens); the model and the image processor both use it.
+        min_pixels, max_pixels: Qwen2.5-VL only: the image processor's pixel range (dynamic resolution; default:
+            the checkpoint's ``preprocessor_config.json``). The image processor returned is Qwen's
+            (``pixel_values`` of flattened patches plus ``image_grid_thw``).
 
     Returns:
         ``(tokenizer, model, image_processor, context_len)``. The tokenizer pads on the left and has a pad
@@ -120,8 +128,13 @@ def load_pretrained_model(
     from llava.compression.families.anyres import check_grid_mode
 
     config = read_config(model_path)
-    family, layout = detect_checkpoint(config, model_path)
     check_grid_mode(next_grid)
+    if is_qwen2_5_vl_config(config):
+        return _load_qwen(model_path, config, device, dtype, attn_implementation, device_map, next_grid,
+                          min_pixels, max_pixels)
+    if min_pixels is not None or max_pixels is not None:
+        raise CheckpointError(f"--min-pixels / --max-pixels apply to Qwen2.5-VL checkpoints only; {model_path} is not one")
+    family, layout = detect_checkpoint(config, model_path)
     if family != "llava_next" and next_grid != "anyres":
         raise CheckpointError(f"--next-grid {next_grid} applies to LLaVA-NeXT checkpoints only; {model_path} is LLaVA-1.5")
     model_class = LlavaNextForConditionalGeneration if family == "llava_next" else LlavaForConditionalGeneration
@@ -187,6 +200,18 @@ def load_pretrained_model(
         )
     context_len = int(getattr(model.config.text_config, "max_position_embeddings", 2048))
     return tokenizer, model, image_processor, context_len
+
+
+def _load_qwen(model_path, config, device, dtype, attn_implementation, device_map, next_grid, min_pixels, max_pixels):
+    """A Qwen2.5-VL checkpoint (:mod:`llava.model.qwen2_5_vl`)."""
+    if next_grid != "anyres":
+        raise CheckpointError(f"--next-grid {next_grid} applies to LLaVA-NeXT checkpoints only; {model_path} is Qwen2.5-VL")
+    device = resolve_device(device)
+    load_kwargs = {"dtype": resolve_dtype(dtype, device), "attn_implementation": attn_implementation,
+                   "device_map": device_map if device_map is not None else {"": device}}
+    tokenizer, model, processor, context_len = load_qwen2_5_vl(model_path, load_kwargs, min_pixels, max_pixels)
+    model.llava_load_info = LoadedInfo("hf", model_path, None, "dynamic", QWEN_FAMILY)
+    return tokenizer, model, processor, context_len
 
 
 def _read_json(path: str) -> dict:
@@ -297,19 +322,24 @@ def _check_special_tokens(tokenizer, config, model_path: str) -> None:
 
 
 def checkpoint_family(model_path: str) -> str:
-    """``"llava"`` (LLaVA-1.5) or ``"llava_next"`` (LLaVA-NeXT), read from ``config.json`` only."""
+    """``"llava"`` (LLaVA-1.5), ``"llava_next"`` (LLaVA-NeXT) or ``"qwen2_5_vl"``, read from ``config.json`` only."""
     config = read_config(model_path)
+    if is_qwen2_5_vl_config(config):
+        return QWEN_FAMILY
     return detect_checkpoint(config, model_path)[0]
 
 
-def read_model_geometry(model_path: str, vision_tower: str | None = None):
+def read_model_geometry(model_path: str, vision_tower: str | None = None, max_pixels: int | None = None):
     """The :class:`~llava.compression.ModelGeometry` of a checkpoint, read from its config files only, so
-    that method arguments are validated before any weights load."""
+    that method arguments are validated before any weights load (Qwen2.5-VL: the largest image of
+    ``max_pixels``, no [CLS], so a [CLS] method is refused here already)."""
     from transformers import CLIPVisionConfig
 
     from llava.compression.registry import ModelGeometry
 
     config = read_config(model_path)
+    if is_qwen2_5_vl_config(config):
+        return read_qwen_geometry(model_path, config, max_pixels)
     if detect_layout(config, model_path) == "hf":
         vision, text = config["vision_config"], config["text_config"]
         image_size, patch = vision.get("image_size", 336), vision.get("patch_size", 14)

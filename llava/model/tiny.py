@@ -1,6 +1,6 @@
 """Tiny random LLaVA-1.5-shaped checkpoints for tests, the demo, and anyone without weights.
 
-    python -m llava.model.tiny --out DIR [--layout hf|original] [--seed N] [--family llava|llava-next]
+    python -m llava.model.tiny --out DIR [--layout hf|original] [--seed N] [--family llava|llava-next|qwen2.5-vl]
 
 The model has LLaVA-1.5's shape where it matters to token compression: a CLIP ViT at 336 px with
 patch 14 (576 patch tokens + CLS) and 24 layers, features from layer -2, an mlp2x_gelu projector and
@@ -20,6 +20,9 @@ Layouts (both load with :func:`llava.model.builder.load_pretrained_model`):
 ``--family llava-next`` writes a tiny LLaVA-NeXT (LLaVA-1.6) instead: the same tower, projector and Llama as a
 ``LlavaNextForConditionalGeneration`` with LLaVA-1.6's anyres grids and an ``image_newline``; the hf layout is
 llava-hf's ``llava-v1.6-vicuna-*-hf``, the original one ``liuhaotian/llava-v1.6-vicuna-*``.
+
+``--family qwen2.5-vl`` writes a tiny ``Qwen2_5_VLForConditionalGeneration`` (hub layout, byte-level BPE tokenizer
+with Qwen's special tokens, processor files): see :mod:`llava.model.qwen2_5_vl`.
 
 The same seed gives the same weights, and both layouts of one seed load to identical logits: the
 rows the hf layout adds for ``<image>``/``<pad>``/padding are zero, which is also what the loader
@@ -217,7 +220,7 @@ def build_family_config(family: str, g: TinyGeometry = TINY):
     raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
 
 
-FAMILIES = ("llava", "llava-next")
+FAMILIES = ("llava", "llava-next", "qwen2.5-vl")
 
 
 def sharpen_attention(vision_tower, scale: float) -> None:
@@ -452,6 +455,12 @@ def write_original_layout(
 def write_tiny_checkpoint(out: str, layout: str = "hf", seed: int = 0, family: str = "llava") -> str:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {list(FAMILIES)}")
+    if family == "qwen2.5-vl":
+        if layout != "hf":
+            raise ValueError("Qwen2.5-VL has one (hub) layout; drop --layout")
+        from llava.model import qwen2_5_vl
+
+        return qwen2_5_vl.write_tiny_checkpoint(out, seed)
     if layout == "hf":
         return write_hf_layout(out, seed, family=family)
     if layout == "original":
@@ -465,10 +474,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layout", choices=["hf", "original"], default="hf")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--family", choices=FAMILIES, default="llava",
-                        help="llava: LLaVA-1.5 (default); llava-next: LLaVA-NeXT / LLaVA-1.6 (anyres)")
+                        help="llava: LLaVA-1.5 (default); llava-next: LLaVA-NeXT / LLaVA-1.6 (anyres); "
+                             "qwen2.5-vl: Qwen2.5-VL (dynamic resolution, M-RoPE; hub layout only)")
     args = parser.parse_args(argv)
     write_tiny_checkpoint(args.out, args.layout, args.seed, args.family)
-    name = "LLaVA-NeXT" if args.family == "llava-next" else "LLaVA-1.5"
+    name = {"llava-next": "LLaVA-NeXT", "qwen2.5-vl": "Qwen2.5-VL"}.get(args.family, "LLaVA-1.5")
     print(f"wrote tiny {name} checkpoint ({args.layout} layout, seed {args.seed}) to {args.out}")
 
 

@@ -21,7 +21,11 @@ from typing import Any
 from llava.compression.families.contract import Family
 
 ENTRY_POINT_GROUP = "vtc_toolkit.families"
-BUILTIN_FAMILY_MODULES = ("llava.compression.families.llava", "llava.compression.families.llava_next")
+BUILTIN_FAMILY_MODULES = (
+    "llava.compression.families.llava",
+    "llava.compression.families.llava_next",
+    "llava.compression.families.qwen2_5_vl",
+)
 
 _FAMILIES: dict[str, Family] = {}
 

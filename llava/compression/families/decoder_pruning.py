@@ -73,7 +73,7 @@ from transformers.masking_utils import create_causal_mask
 
 from llava.compression.llm import scoring
 from llava.compression.llm.base import LLMPruningMethod, PruneStep, RowSelection
-from llava.compression.llm.positions import Positions
+from llava.compression.llm.positions import Positions, rope_positions
 from llava.compression.llm.schedule import average_tokens
 from llava.compression.registry import CompressionConfigError, ModelGeometry
 
@@ -365,7 +365,9 @@ def _begin_call(state: EngineState):
         if visual is None and input_ids is not None and state.image_token_id is not None:
             visual = input_ids == state.image_token_id
         attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        kwargs[CALL_KWARG] = _Call(module, state, attention_mask, visual)
+        call = _Call(module, state, attention_mask, visual)
+        call.rope = rope_positions(kwargs.get("position_ids"))  # M-RoPE decoders: the [3, B, T] positions
+        kwargs[CALL_KWARG] = call
         return args, kwargs
 
     return hook
@@ -455,6 +457,7 @@ class _Call:
         self.layer_input: torch.Tensor | None = None  # input of the layer that ran last
         self.captured: dict[int, torch.Tensor] = {}  # q_proj outputs of query_layers, this prefill only
         self.entered = False  # whether the layers got this call (the seam this engine relies on)
+        self.rope: Positions | None = None  # multi-axis positions of an M-RoPE decoder's call (layers get none)
 
     def _begin(self, hidden: torch.Tensor, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
@@ -464,13 +467,17 @@ class _Call:
                 f"{type(cache).__name__}; do not set cache_implementation='static'"
             )
         past_seen = cache.get_seq_length() if cache is not None else 0
-        positions = Positions(kwargs["position_ids"])
+        positions = self._positions(kwargs)
         if past_seen == 0:
             self.run = _PrefillRun(self.lm, self.state, hidden, self.attention_mask, positions, self.visual, cache)
         else:
             self.run = _DecodeRun.create(self.lm, self.state, self.attention_mask, positions, cache, past_seen)
         capturing = isinstance(self.run, _PrefillRun) and bool(self.run.starts) and bool(self.state.query_layers)
         self.state.capture.target = self.captured if capturing else None
+
+    def _positions(self, kwargs: dict) -> Positions:
+        """The positions of the call's tokens: the decoder's multi-axis ones (M-RoPE), else the layer's ids."""
+        return self.rope if self.rope is not None else Positions(kwargs["position_ids"])
 
     def enter_layer(self, index: int, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """The hidden states layer ``index`` runs on; updates ``kwargs`` (what the layer gets) in place."""
@@ -480,13 +487,13 @@ class _Call:
         run = self.run
         if run is not None and index in run.starts:
             received = self.view or _View(
-                kwargs.get("attention_mask"), kwargs["position_embeddings"], Positions(kwargs["position_ids"])
+                kwargs.get("attention_mask"), kwargs["position_embeddings"], self._positions(kwargs)
             )
             hidden, self.view = run.enter(index, hidden, self.layer_input, received, self.captured)
         if self.view is not None:
             kwargs["attention_mask"] = self.view.mask
             kwargs["position_embeddings"] = self.view.position_embeddings
-            kwargs["position_ids"] = self.view.positions.ids
+            kwargs["position_ids"] = self.view.positions.layer_ids
         self.layer_input = hidden
         return hidden
 

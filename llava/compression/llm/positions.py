@@ -76,3 +76,19 @@ class Positions:
         if self.ndim != 2:
             raise NotImplementedError("'compact' renumbering of multi-axis positions is not defined")
         return self.ids.masked_fill(~valid, torch.iinfo(self.ids.dtype).max).amin(dim=1)
+
+    @property
+    def layer_ids(self) -> torch.Tensor | None:
+        """What a decoder layer gets as ``position_ids``: the ids of 1-D positions; ``None`` for multi-axis ones
+        (an M-RoPE decoder's layers take their rotation from ``position_embeddings`` only)."""
+        return self.ids if self.ndim == 2 else None
+
+
+def rope_positions(position_ids: torch.Tensor | None) -> Positions | None:
+    """The rotary positions in the ``position_ids`` a decoder's ``forward`` receives, when they are multi-axis:
+    an M-RoPE decoder (Qwen2.5-VL's ``Qwen2_5_VLTextModel``) takes ``[3, B, T]``, or ``[4, B, T]`` with a text row
+    first that only its mask uses, and passes its layers that text row (or nothing) instead. ``None`` for 1-D ids
+    (the layers receive those themselves)."""
+    if position_ids is None or position_ids.dim() != 3:
+        return None
+    return Positions(position_ids[1:] if position_ids.shape[0] == 4 else position_ids)
