@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml requirements.txt
 demo: $(STAMP)
 	$(PY) -m llava.demo --out demo_out
 
+# Two pytest-xdist workers: CI has 2 cores, and every test runs its tiny models on one torch thread
+# (tests/conftest.py). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_WORKERS) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -43,6 +47,8 @@ clean:
 # loading the tiny model, so far longer than the demo; then scripts/v1_6 on the tiny LLaVA-NeXT checkpoint).
 # The tiny LLM has 4 decoder layers, so in-LLM methods whose default layers are deeper get shallower ones
 # (and PyramidDrop a budget its layer average can reach).
+# scripts/qwen2_5_vl runs on the tiny Qwen2.5-VL checkpoint (at most 144 tokens per image there, so PyramidDrop
+# gets a budget of 64) for the methods the qwen2.5-vl family integrates.
 TINY_KNOBS_PDrop      := -- --pdrop-layers 1,2,3
 TINY_KNOBS_SparseVLM  := -- --sparsevlm-layers 0,1,2
 TINY_KNOBS_FiCoCo-L   := 2
@@ -58,6 +64,7 @@ TINY_SCRIPT_ARGS = method=$$(basename $$(dirname $$script)); \
 eval-mini: $(STAMP)
 	$(PY) -m llava.model.tiny --out demo_out/checkpoints/tiny-llava-v1.5
 	$(PY) -m llava.model.tiny --family llava-next --out demo_out/checkpoints/tiny-llava-next
+	$(PY) -m llava.model.tiny --family qwen2.5-vl --out demo_out/checkpoints/tiny-qwen2.5-vl
 	$(PY) -m llava.data.mini --out demo_out/eval-mini
 	set -e; for script in scripts/v1_5/eval/*/*.sh; do \
 	  $(TINY_SCRIPT_ARGS); \
@@ -68,6 +75,14 @@ eval-mini: $(STAMP)
 	  for script in scripts/v1_6/eval/$$folder/*.sh; do \
 	    $(TINY_SCRIPT_ARGS); \
 	    MODEL_PATH=demo_out/checkpoints/tiny-llava-next DATA_ROOT=demo_out/eval-mini CUDA_VISIBLE_DEVICES= \
+	      bash $$script $$args $$extra --max_new_tokens 16 --num-workers 0; \
+	  done; \
+	done
+	set -e; for folder in $$($(PY) -m llava.eval.make_scripts --supported qwen2.5-vl); do \
+	  for script in scripts/qwen2_5_vl/eval/$$folder/*.sh; do \
+	    $(TINY_SCRIPT_ARGS); \
+	    case $$method in PDrop) args="64 -- --pdrop-layers 1,2,3"; extra="";; esac; \
+	    MODEL_PATH=demo_out/checkpoints/tiny-qwen2.5-vl DATA_ROOT=demo_out/eval-mini CUDA_VISIBLE_DEVICES= \
 	      bash $$script $$args $$extra --max_new_tokens 16 --num-workers 0; \
 	  done; \
 	done
