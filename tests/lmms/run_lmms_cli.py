@@ -1,0 +1,57 @@
+"""Run lmms-eval's own CLI (what ``python -m lmms_eval ARGS`` runs) once per argument list, in this one process, then
+fail loudly if anything imported torchvision.
+
+    python tests/lmms/run_lmms_cli.py '[["--model", "vtc_llava", ...], [...]]'
+
+One process for several runs pays lmms-eval's import time (torch, transformers, datasets, evaluate) once, and the
+task index (every run's ``TaskManager`` parses all ~2000 built-in task YAML files: seconds) is built by the first run
+and reused by the later ones (memoised per argument set; the index depends only on them). A run that fails exits with its status (the plugin's one-line errors exit with 2); lmms-eval's
+CLI itself prints a traceback and exits 0 on other errors, which the test notices by the missing results files.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+import time
+
+STARTED = time.perf_counter()
+
+
+def reuse_task_index() -> None:
+    from lmms_eval.tasks import TaskManager
+
+    build = TaskManager.initialize_tasks
+    built: dict[str, dict] = {}
+
+    def initialize_tasks(self, include_path=None, include_defaults=True):
+        key = json.dumps([include_path, include_defaults])
+        if key not in built:
+            built[key] = build(self, include_path=include_path, include_defaults=include_defaults)
+        return dict(built[key])
+
+    TaskManager.initialize_tasks = initialize_tasks
+
+
+def main() -> None:
+    runs = json.loads(sys.argv[1])
+    reuse_task_index()
+    print(f"lmms-eval imported: {time.perf_counter() - STARTED:.1f} s wall, {time.process_time():.1f} s CPU", file=sys.stderr)
+    for argv in runs:
+        sys.argv = ["lmms_eval", *argv]
+        try:
+            runpy.run_module("lmms_eval", run_name="__main__", alter_sys=True)
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                raise
+        print(f"run done: {time.perf_counter() - STARTED:.1f} s wall, {time.process_time():.1f} s CPU", file=sys.stderr)
+    if "torchvision" in sys.modules:
+        print("FAIL: torchvision was imported (lmms-eval or the plugin pulled it in): "
+              f"{sys.modules['torchvision'].__file__}", file=sys.stderr)
+        sys.exit(3)
+    print("torchvision not imported")
+
+
+if __name__ == "__main__":
+    main()
