@@ -24,8 +24,11 @@ from llava.eval.lmms_plugin.base import CompressedLMM
 from llava.eval.lmms_plugin.continuation import score_continuation
 
 # checkpoint_family() value -> the registered compression family (llava.compression.families) it loads into.
-# A family joins with one entry here once LlavaGenerator answers for its model (its prompt template and processor).
-FAMILY_OF_CHECKPOINT = {"llava": "llava-1.5", "llava_next": "llava-next"}
+# Qwen2.5-VL (llava.model.qwen2_5_vl, llava.eval.qwen_inference) is answered by its QwenGenerator: the lines marked
+# "Qwen2.5-VL" below only run for a checkpoint that checkpoint_family() reports as "qwen2_5_vl".
+QWEN_CHECKPOINT = "qwen2_5_vl"
+FAMILY_OF_CHECKPOINT = {"llava": "llava-1.5", "llava_next": "llava-next", QWEN_CHECKPOINT: "qwen2.5-vl"}
+PIXEL_OPTIONS = ("min_pixels", "max_pixels")  # Qwen2.5-VL's image processor range
 
 
 def refuse_unintegrated_method(model_path: str, method_name: str) -> None:
@@ -43,7 +46,10 @@ def refuse_unintegrated_method(model_path: str, method_name: str) -> None:
     spec = get_method(method_name)
     if not spec.stages:
         return
-    family = get_family(FAMILY_OF_CHECKPOINT[checkpoint])
+    try:
+        family = get_family(FAMILY_OF_CHECKPOINT[checkpoint])
+    except KeyError as err:
+        raise CheckpointError(f"{model_path}: {err.args[0]}") from None
     reason = family.refusal(spec)
     if reason is not None:
         raise CompressionConfigError(reason + "; python -m llava.compression.families lists what applies")
@@ -62,6 +68,8 @@ class VTCLlava(CompressedLMM):
                             help="vicuna_v1 (LLaVA-1.5, LLaVA-1.6-Vicuna) | mistral_instruct | llava_v1")
         parser.add_argument("--next-grid", default="anyres", choices=["anyres", "fixed-672"],
                             help="LLaVA-NeXT only: anyres (as released) | fixed-672 (FasterVLM's 2880-token grid)")
+        parser.add_argument("--min-pixels", type=int, default=None, help="Qwen2.5-VL only: the processor's min_pixels")
+        parser.add_argument("--max-pixels", type=int, default=None, help="Qwen2.5-VL only: the processor's max_pixels")
 
     def validate(self, args: argparse.Namespace):
         from llava.compression.registry import config_from_args
@@ -69,11 +77,24 @@ class VTCLlava(CompressedLMM):
         from llava.model.builder import checkpoint_family, read_model_geometry
         from llava.model.original_layout import CheckpointError
 
-        get_conversation(args.conv_mode)  # an unknown template is refused here
-        if args.next_grid != "anyres" and checkpoint_family(args.pretrained) != "llava_next":
+        checkpoint = checkpoint_family(args.pretrained)
+        if args.next_grid != "anyres" and checkpoint != "llava_next":
             raise CheckpointError(f"next_grid={args.next_grid} applies to LLaVA-NeXT checkpoints only; "
-                                  f"{args.pretrained} is LLaVA-1.5 (drop next_grid)")
-        method = config_from_args(args, read_model_geometry(args.pretrained, args.vision_tower))
+                                  f"{args.pretrained} is {checkpoint} (drop next_grid)")
+        self.pixel_options = {k: getattr(args, k) for k in PIXEL_OPTIONS if getattr(args, k) is not None}
+        if self.pixel_options and checkpoint != QWEN_CHECKPOINT:
+            raise CheckpointError(f"min_pixels / max_pixels apply to Qwen2.5-VL checkpoints only; {args.pretrained} "
+                                  f"is {checkpoint} (drop them)")
+        geometry_options = {}
+        if checkpoint == QWEN_CHECKPOINT:  # Qwen2.5-VL: its chat format and method defaults, as the entry points
+            from llava.eval.runner import check_qwen_conv_mode, qwen_method_defaults
+
+            check_qwen_conv_mode(args)
+            qwen_method_defaults(args)
+            geometry_options = {"max_pixels": args.max_pixels}
+        else:
+            get_conversation(args.conv_mode)  # an unknown template is refused here
+        method = config_from_args(args, read_model_geometry(args.pretrained, args.vision_tower, **geometry_options))
         refuse_unintegrated_method(args.pretrained, method.name)
         return method
 
@@ -86,11 +107,18 @@ class VTCLlava(CompressedLMM):
         tokenizer, model, image_processor, _ = load_pretrained_model(
             args.pretrained, args.model_base, device=device, dtype=args.dtype,
             attn_implementation=args.attn_implementation, vision_tower=args.vision_tower, next_grid=args.next_grid,
+            **self.pixel_options,
         )
         if self.method.name != "none":
             apply(model, self.method)
         self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
-        self.generator = LlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
+        self.is_qwen = getattr(model.config, "model_type", None) == QWEN_CHECKPOINT
+        if self.is_qwen:  # Qwen2.5-VL
+            from llava.eval.qwen_inference import QwenGenerator
+
+            self.generator = QwenGenerator(tokenizer, model, save_kept_tokens=args.save_kept_tokens)
+        else:
+            self.generator = LlavaGenerator(tokenizer, model, args.conv_mode, save_kept_tokens=args.save_kept_tokens)
         self.in_llm_method = Stage.LLM in get_method(self.method.name).stages
 
     @property
@@ -108,9 +136,12 @@ class VTCLlava(CompressedLMM):
             raise ValueError(f"{self.model_name} takes one image per question, got {len(visuals)} visual(s) ({kinds}); "
                              "use vtc_videollava for video tasks")
         processed = self.image_processor(images=visuals[0].convert("RGB"), return_tensors="pt")
+        message = context if "<image>" in context else "<image>\n" + context
+        grid = processed.get("image_grid_thw")
+        if grid is not None:  # Qwen2.5-VL: all the image's patches, with its (t, h, w) grid
+            return message, processed["pixel_values"], tuple(int(s) for s in grid[0])
         sizes = processed.get("image_sizes")
         image_size = None if sizes is None else tuple(int(s) for s in sizes[0])
-        message = context if "<image>" in context else "<image>\n" + context
         return message, processed["pixel_values"][0], image_size
 
     def generate_batch(self, contexts: list[str], visuals: list[list[Any]], settings) -> list:
@@ -123,6 +154,9 @@ class VTCLlava(CompressedLMM):
 
         from llava.eval.inference import pad_crops
 
+        if self.is_qwen:
+            raise ValueError(f"{self.model_name}: loglikelihood (multiple-choice tasks) is not implemented for "
+                             "Qwen2.5-VL yet; its generation tasks run")
         message, pixels, image_size = self._message_and_pixels(context, visuals)
         counts: list[int] = []
         trace: dict[str, Any] = {"visual_tokens": 0}
