@@ -83,6 +83,8 @@ def loglikelihood_request(doc_id: int, continuation: str) -> Instance:
     ({"method": "fastv", "visual_token_num": 64, "visual_tokens": 3}, "unknown --model_args key(s) ['visual_tokens']"),
     ({"method": "fastervlm", "visual_token_num": 64, "next_grid": "fixed-672"}, "applies to LLaVA-NeXT checkpoints"),
     ({"method": "fastervlm", "batch_size": "auto"}, "--batch_size must be an integer >= 1"),
+    ({"method": "none", "max_pixels": 3136}, "apply to Qwen2.5-VL checkpoints only"),
+    ({"method": "none", "conv_template": "nosuch"}, "nosuch"),
 ])
 def test_bad_model_args_are_one_line_before_any_model_work(checkpoint, no_loading, capsys, model_args, expected):
     with pytest.raises(ModelArgsExit) as stop:
