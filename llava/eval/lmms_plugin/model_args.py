@@ -18,6 +18,8 @@ from typing import Any
 
 from llava.compression.registry import add_method_arguments
 
+METHOD_GROUP = "visual token compression"  # the argument group of add_method_arguments' flags
+
 
 class ModelArgsError(ValueError):
     """A bad ``--model_args`` key or value (one line: what is wrong and how to fix it)."""
@@ -79,8 +81,9 @@ def to_argv(parser: argparse.ArgumentParser, model_args: dict[str, Any]) -> list
     options = _option_by_key(parser)
     unknown = sorted(k for k in model_args if k not in options)
     if unknown:
-        methods = sorted({k for k, (a, _) in options.items() if a.container.title == "visual token compression"})
-        loading = sorted(k for k, (a, _) in options.items() if k not in methods and k == a.dest)
+        primary = [(a, key_of(a.option_strings[0])) for a in parser._actions if a.option_strings]  # one key per flag
+        methods = sorted(k for a, k in primary if a.container.title == METHOD_GROUP)
+        loading = sorted(k for a, k in primary if a.container.title != METHOD_GROUP)
         raise ModelArgsError(
             f"unknown --model_args key(s) {unknown}; the model takes {loading} and the method flags "
             f"{methods} (python -m llava.eval.model_vqa_loader --help describes each)"
