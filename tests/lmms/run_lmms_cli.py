@@ -1,12 +1,13 @@
 """Run lmms-eval's own CLI (what ``python -m lmms_eval ARGS`` runs) once per argument list, in this one process, then
 fail loudly if anything imported torchvision.
 
-    python tests/lmms/run_lmms_cli.py '[["--model", "vtc_llava", ...], [...]]'
+    python tests/lmms/run_lmms_cli.py '[{"argv": ["--model", "vtc_llava", ...], "exit": 0}, ...]'
 
 One process for several runs pays lmms-eval's import time (torch, transformers, datasets, evaluate) once, and the
 task index (every run's ``TaskManager`` parses all ~2000 built-in task YAML files: seconds) is built by the first run
 and reused by the later ones (memoised per argument set; the index depends only on them). A run that fails exits with its status (the plugin's one-line errors exit with 2); lmms-eval's
-CLI itself prints a traceback and exits 0 on other errors, which the test notices by the missing results files.
+CLI itself prints a traceback and exits 0 on other errors, which the test notices by the missing results files. A run
+given ``"exit": N`` must end with status N (the plugin's one-line errors: 2), and the next run goes on.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ def main() -> None:
     runs = json.loads(sys.argv[1])
     reuse_task_index()
     print(f"lmms-eval imported: {time.perf_counter() - STARTED:.1f} s wall, {time.process_time():.1f} s CPU", file=sys.stderr)
-    for argv in runs:
-        sys.argv = ["lmms_eval", *argv]
+    for run in runs:
+        sys.argv = ["lmms_eval", *run["argv"]]
+        status = 0
         try:
             runpy.run_module("lmms_eval", run_name="__main__", alter_sys=True)
         except SystemExit as stop:
-            if stop.code not in (0, None):
-                raise
+            status = stop.code or 0
+        if status != run.get("exit", 0):
+            print(f"FAIL: exit status {status}, expected {run.get('exit', 0)}: {run['argv']}", file=sys.stderr)
+            sys.exit(4)
         print(f"run done: {time.perf_counter() - STARTED:.1f} s wall, {time.process_time():.1f} s CPU", file=sys.stderr)
     if "torchvision" in sys.modules:
         print("FAIL: torchvision was imported (lmms-eval or the plugin pulled it in): "

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ENTRY_POINT_GROUP = "lmms_eval.models"
 SMALL_BUDGET, ALL_TOKENS = 8, 576  # the tiny checkpoint's 24 x 24 grid
+BAD_METHOD = "method=fastervlm,visual_token_num=0"
 
 
 def declared_entry_points() -> dict[str, str]:
@@ -76,9 +77,11 @@ def cli(tmp_path_factory):
         "none": ("method=none", "3"),
         "keep_all": (f"method=fastervlm,visual_token_num={ALL_TOKENS}", "3"),
     }
-    argvs = [common + ["--model_args", f"pretrained={checkpoint},{method}", "--tasks", "vtc_pope_mini,vtc_mc_mini",
-                       "--batch_size", batch, "--output_path", str(tmp / name)]
+    argvs = [{"argv": common + ["--model_args", f"pretrained={checkpoint},{method}", "--tasks",
+                                "vtc_pope_mini,vtc_mc_mini", "--batch_size", batch, "--output_path", str(tmp / name)]}
              for name, (method, batch) in runs.items()]
+    argvs.append({"argv": common + ["--model_args", f"pretrained={checkpoint},{BAD_METHOD}", "--tasks", "vtc_pope_mini",
+                                    "--output_path", str(tmp / "bad")], "exit": 2})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *entry_point_path(tmp)]),
            "HF_HOME": str(tmp / "hf"), "HF_DATASETS_CACHE": str(tmp / "hf" / "datasets"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -93,6 +96,13 @@ def cli(tmp_path_factory):
 def test_the_cli_runs_offline_without_torchvision(cli):
     done, _ = cli
     assert "torchvision not imported" in done.stdout
+
+
+def test_a_bad_method_stops_the_cli_with_one_line_and_status_2(cli):
+    done, _ = cli
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: method 'fastervlm': --visual-token-num must be >= 1")
+    assert "Traceback" not in done.stderr
 
 
 def test_pope_score_reported_by_lmms_eval_equals_our_scorer(cli):
