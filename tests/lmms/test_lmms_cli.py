@@ -2,8 +2,9 @@
 
 Local tasks (``fixtures/``: a POPE-style yes/no task scored as LLaVA's ``eval_pope`` and a multiple-choice task,
 over JSON-lines files; ``dataset_path: json`` + ``dataset_kwargs.data_files``, run from that folder) are evaluated by
-``python -m lmms_eval`` (three runs in one process, :mod:`tests.lmms.run_lmms_cli`, which also fails if torchvision
-was imported): a method with 8 visual tokens, no method, and the method keeping all 576 tokens.
+``python -m lmms_eval`` (four runs in one process, :mod:`tests.lmms.run_lmms_cli`, which also fails if torchvision
+was imported): a method with 8 visual tokens, no method, the method keeping all 576 tokens, and a budget of 0 (one
+error line, status 2).
 
 The model is found through the ``lmms_eval.models`` entry points of ``pyproject.toml``: from the installed
 distribution once the project is (re)installed, else from a temporary ``*.dist-info`` declaring the same entries.
