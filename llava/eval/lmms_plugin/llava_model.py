@@ -31,6 +31,11 @@ FAMILY_OF_CHECKPOINT = {"llava": "llava-1.5", "llava_next": "llava-next", QWEN_C
 PIXEL_OPTIONS = ("min_pixels", "max_pixels")  # Qwen2.5-VL's image processor range
 
 
+def pixel_options(args: argparse.Namespace) -> dict[str, int]:
+    """The Qwen2.5-VL pixel range given in ``--model_args`` (empty when none is)."""
+    return {k: getattr(args, k) for k in PIXEL_OPTIONS if getattr(args, k) is not None}
+
+
 def refuse_unintegrated_method(model_path: str, method_name: str) -> None:
     """Refuse, from the config files only, a checkpoint family vtc_llava does not answer with, or a method the
     family does not integrate."""
@@ -56,7 +61,8 @@ def refuse_unintegrated_method(model_path: str, method_name: str) -> None:
 
 
 class VTCLlava(CompressedLMM):
-    """LLaVA-1.5 / LLaVA-NeXT with a compression method (``--model vtc_llava``)."""
+    """LLaVA-1.5 / LLaVA-NeXT (and Qwen2.5-VL once its family is in) with a compression method
+    (``--model vtc_llava``)."""
 
     model_name = "vtc_llava"
 
@@ -81,8 +87,7 @@ class VTCLlava(CompressedLMM):
         if args.next_grid != "anyres" and checkpoint != "llava_next":
             raise CheckpointError(f"next_grid={args.next_grid} applies to LLaVA-NeXT checkpoints only; "
                                   f"{args.pretrained} is {checkpoint} (drop next_grid)")
-        self.pixel_options = {k: getattr(args, k) for k in PIXEL_OPTIONS if getattr(args, k) is not None}
-        if self.pixel_options and checkpoint != QWEN_CHECKPOINT:
+        if pixel_options(args) and checkpoint != QWEN_CHECKPOINT:
             raise CheckpointError(f"min_pixels / max_pixels apply to Qwen2.5-VL checkpoints only; {args.pretrained} "
                                   f"is {checkpoint} (drop them)")
         geometry_options = {}
@@ -107,7 +112,7 @@ class VTCLlava(CompressedLMM):
         tokenizer, model, image_processor, _ = load_pretrained_model(
             args.pretrained, args.model_base, device=device, dtype=args.dtype,
             attn_implementation=args.attn_implementation, vision_tower=args.vision_tower, next_grid=args.next_grid,
-            **self.pixel_options,
+            **pixel_options(args),
         )
         if self.method.name != "none":
             apply(model, self.method)
