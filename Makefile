@@ -16,12 +16,15 @@ TORCH  ?= torch==2.13.0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.txt
+# lmms-eval goes in without its declared dependencies (torchvision, timm, wandb, ...): its core needs only the
+# packages of requirements-lmms.txt (README, "lmms-eval").
+$(STAMP): pyproject.toml requirements.txt requirements-lmms.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q -e ".[video,judge,plot,dev]"
+	$(PY) -m pip install -q -r requirements.txt -r requirements-lmms.txt
+	$(PY) -m pip install -q -e ".[video,judge,plot,dev,lmms]"
+	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
 	touch $(STAMP)
 
 demo: $(STAMP)
