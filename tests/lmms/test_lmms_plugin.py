@@ -207,3 +207,31 @@ def test_loglikelihood_under_an_in_llm_method_logs_the_per_layer_counts(checkpoi
     assert counts["visual_tokens"] == 576 and counts["visual_tokens_per_layer"] == [576, 576, 100, 100]
     (answer,) = model.generate_until([generate_request(0, {"max_new_tokens": 3})])
     assert answer.token_counts.to_dict()["visual_tokens_per_layer"] == [576, 576, 100, 100]
+
+
+# -- Qwen2.5-VL through vtc_llava ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoint(tmp_path_factory) -> str:
+    from llava.model.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("lmms") / "tiny-qwen2.5-vl"), family="qwen2.5-vl")
+
+
+def test_qwen_checkpoint_batches_like_single_requests_and_refuses_cls_methods(qwen_checkpoint, capsys):
+    """vtc_llava on a Qwen2.5-VL checkpoint: DivPrune keeps at most T merged tokens per image, a batch of requests
+    answers as one request at a time, and a [CLS] method stops with one line before loading."""
+    model = build(qwen_checkpoint, method="divprune", visual_token_num=4, batch_size=3)
+    model.task_dict = {"t": {"test": DOCS}}
+    gen_kwargs = {"max_new_tokens": 4, "temperature": 0}
+    batched = model.generate_until([generate_request(i, gen_kwargs) for i in range(len(DOCS))])
+    model.batch_size_per_call = 1
+    single = model.generate_until([generate_request(i, gen_kwargs) for i in range(len(DOCS))])
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert all(0 < r.token_counts.to_dict()["visual_tokens"] <= 4 for r in batched)
+    with pytest.raises(SystemExit) as exc:
+        build(qwen_checkpoint, method="fastervlm", visual_token_num=4)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "fastervlm" in err and "cls" in err.lower()

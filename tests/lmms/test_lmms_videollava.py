@@ -15,7 +15,7 @@ from llava.eval.inference import GenerationSettings  # noqa: E402
 from llava.eval.lmms_plugin.base import ModelArgsExit  # noqa: E402
 from llava.mm_utils import tokenizer_image_token  # noqa: E402
 from tests.video.conftest import write_video  # noqa: E402
-from videollava.eval.lmms_plugin import VTCVideoLlava  # noqa: E402
+from videollava.eval.lmms_video_plugin import VTCVideoLlava  # noqa: E402
 from videollava.model.tiny import TinyVideoGeometry, write_original_layout  # noqa: E402
 
 G = TinyVideoGeometry(vision_layers=4, text_layers=2)

@@ -5,7 +5,7 @@
         --tasks pope,mme,scienceqa_img --batch_size 8 --log_samples --output_path logs/
 
 lmms-eval 0.7 finds external models through the ``lmms_eval.models`` entry-point group: ``pyproject.toml`` points it
-at :func:`manifests` here (``vtc_llava``) and at ``videollava.eval.lmms_plugin:manifests`` (``vtc_videollava``).
+at :func:`manifests` here (``vtc_llava``) and at ``videollava.eval.lmms_video_plugin:manifests`` (``vtc_videollava``).
 This module imports nothing heavy: lmms-eval loads every entry point whenever it builds its model registry.
 
 * :mod:`~llava.eval.lmms_plugin.base`: the shared lmms-eval model class (``--model_args``, batching, stop strings);

@@ -1,7 +1,7 @@
 """The lmms-eval model class shared by every family: ``--model_args``, batching, stop strings, token counts.
 
 A family's class (:class:`~llava.eval.lmms_plugin.llava_model.VTCLlava`,
-``videollava.eval.lmms_plugin.VTCVideoLlava``) subclasses :class:`CompressedLMM` and provides five things: its
+``videollava.eval.lmms_video_plugin.VTCVideoLlava``) subclasses :class:`CompressedLMM` and provides five things: its
 loading flags (:meth:`~CompressedLMM.add_model_arguments`), the validation of the method against the checkpoint's
 config files (:meth:`~CompressedLMM.validate`, before any weights load), loading (:meth:`~CompressedLMM.load`), one
 batch of generation (:meth:`~CompressedLMM.generate_batch`, the family's own generator) and the score of one

@@ -23,7 +23,7 @@ from llava.eval.lmms_plugin.base import CompressedLMM
 from llava.eval.lmms_plugin.continuation import score_continuation
 
 VIDEOLLAVA_MODEL_ID = "vtc_videollava"
-VIDEOLLAVA_CLASS_PATH = "videollava.eval.lmms_plugin.VTCVideoLlava"
+VIDEOLLAVA_CLASS_PATH = "videollava.eval.lmms_video_plugin.VTCVideoLlava"
 
 
 def manifests():
