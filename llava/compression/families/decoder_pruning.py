@@ -115,12 +115,14 @@ class VisualLayout:
     ``nonzero()`` / ``int(tensor)`` on the hot path); without it the prefill reads the counts itself (one transfer).
 
     ``counts`` is the same ``[2, B]`` (visual, valid) on the device, for an asynchronous check against the forward's
-    own masks.
+    own masks; ``length`` the sequence length it was read from (a prefill of another length, e.g. after a vision-side
+    method shrank the placeholders, reads its own).
     """
 
     visual: tuple[int, ...]
     valid: tuple[int, ...]
     counts: torch.Tensor
+    length: int
 
     @classmethod
     def read(cls, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> VisualLayout:
@@ -128,21 +130,22 @@ class VisualLayout:
         valid = torch.ones_like(visual, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         counts = torch.stack([(visual.bool() & valid).sum(dim=1), valid.sum(dim=1)])
         visual_counts, valid_counts = counts.tolist()
-        return cls(tuple(visual_counts), tuple(valid_counts), counts)
+        return cls(tuple(visual_counts), tuple(valid_counts), counts, visual.shape[1])
 
-    def for_batch(self, batch: int) -> VisualLayout | None:
-        """The layout of a batch that repeats each row ``batch / B`` times in place (beams, returned sequences), or
-        ``None`` when ``batch`` is not a multiple of ``B``."""
+    def for_batch(self, batch: int, length: int) -> VisualLayout | None:
+        """The layout of a ``[batch, length]`` prefill that repeats each row ``batch / B`` times in place (beams,
+        returned sequences), or ``None`` when it cannot be this layout's."""
         rows = len(self.visual)
+        if length != self.length or rows == 0 or batch % rows:
+            return None
         if batch == rows:
             return self
-        if rows == 0 or batch % rows:
-            return None
         n = batch // rows
         return VisualLayout(
             tuple(v for v in self.visual for _ in range(n)),
             tuple(v for v in self.valid for _ in range(n)),
             self.counts.repeat_interleave(n, dim=1),
+            self.length,
         )
 
 
@@ -734,7 +737,7 @@ class _PrefillRun:
         if visual is None or tuple(visual.shape) != (b, t):
             visual = torch.zeros(b, t, dtype=torch.bool, device=dev)
         self.visual = visual.to(dev).bool() & self.valid
-        layout = state.layout.for_batch(b) if state.layout is not None else None
+        layout = state.layout.for_batch(b, t) if state.layout is not None else None
         if layout is None:
             layout = VisualLayout.read(self.visual, self.valid)  # no layout from the caller: read it (one transfer)
         else:  # the caller's layout must describe this forward (checked on the device, without waiting for it)
