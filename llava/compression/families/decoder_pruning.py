@@ -929,19 +929,6 @@ class _PrefillRun:
         )
         return new_hidden, _View(mask, position_embeddings, positions)
 
-    def _kept_indices(self, row: int) -> dict[str, list[int]]:
-        """Pruning layer -> the row's visual tokens entering it, as indices ``i`` into its LLM-input visual tokens:
-        the unchanged ones ascending, then each merged / recycled token as ``-1 - i``, ``i`` the token whose place
-        it takes. ``{}`` for a row without visual tokens."""
-        if not self.counts[0][1][row]:
-            return {}
-        out = {}
-        for layer, visual, orig_index, stand_in in self.kept:
-            orig, stand = orig_index[row, visual[row]], stand_in[row, visual[row]]
-            kept = self.input_visual_index[row, orig[orig >= 0]].sort().values.tolist()
-            out[str(layer)] = kept + (-1 - self.input_visual_index[row, stand[orig < 0]]).tolist()
-        return out
-
     def finish(self) -> None:
         self.state.last_trace = _PendingTrace(
             self.lm.config.num_hidden_layers,
@@ -949,7 +936,8 @@ class _PrefillRun:
             self.counts,
             list(self.state.layers),
             self.state.config.trace_extras(self.state.geometry),
-            self._kept_indices,
+            self.kept,
+            self.input_visual_index,
         )
         if self.cache is not None and self.segments:
             self.state.prefills[self.cache] = _Prefill(self.prompt_length, self.batch_size, self.segments)
@@ -967,7 +955,21 @@ class _PendingTrace:
     counts: list[tuple[int, list[int]]]  # (first layer, visual tokens per row from it on)
     layers: list[int]
     extras: dict[str, Any]
-    kept_indices: Callable[[int], dict[str, list[int]]]
+    kept: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]  # as _PrefillRun.kept
+    input_visual_index: torch.Tensor  # as _PrefillRun.input_visual_index
+
+    def kept_indices(self, row: int) -> dict[str, list[int]]:
+        """Pruning layer -> the row's visual tokens entering it, as indices ``i`` into its LLM-input visual tokens:
+        the unchanged ones ascending, then each merged / recycled token as ``-1 - i``, ``i`` the token whose place
+        it takes. ``{}`` for a row without visual tokens."""
+        if not self.counts[0][1][row]:
+            return {}
+        out = {}
+        for layer, visual, orig_index, stand_in in self.kept:
+            orig, stand = orig_index[row, visual[row]], stand_in[row, visual[row]]
+            kept = self.input_visual_index[row, orig[orig >= 0]].sort().values.tolist()
+            out[str(layer)] = kept + (-1 - self.input_visual_index[row, stand[orig < 0]]).tolist()
+        return out
 
     def __call__(self) -> list[dict[str, Any]]:
         traces = []
