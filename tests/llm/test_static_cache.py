@@ -1,5 +1,6 @@
-"""Static shapes where the budget is fixed: FasterVLM (pre-LLM) and FastV (in-LLM) generate with transformers'
-``StaticCache`` exactly as with the default ``DynamicCache``; methods whose counts depend on the data refuse it.
+"""Static shapes where the budget is fixed: FasterVLM (pre-LLM), FastV and PyramidDrop (in-LLM) generate with
+transformers' ``StaticCache`` exactly as with the default ``DynamicCache``; methods whose counts depend on the data
+refuse it.
 
 With FastV the pruned prefill writes the kept tokens' keys/values into the first slots of the pruned layers' static
 cache (layers ``< K`` hold the whole prompt), and decoding continues after them with the kept tokens' original
@@ -8,10 +9,12 @@ RoPE positions.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import checkpoint_inputs
-from transformers import StaticCache
+from transformers import CompileConfig, StaticCache
 
 import llava.compression as vtc
 
@@ -22,12 +25,21 @@ def _trace(out):
     return getattr(out, "llm_compression_trace", None) or out.compression_trace
 
 
-@pytest.mark.parametrize("method", ["fastervlm", "fastv"], ids=["fastervlm@64", "fastv@64"])
-@pytest.mark.parametrize("batch_size", [1, 2], ids=["batch1", "batch2-left-padded"])
+@pytest.mark.parametrize(
+    ("method", "options", "batch_size"),
+    [
+        ("fastervlm", {"visual_token_num": 64}, 1),
+        ("fastervlm", {"visual_token_num": 64}, 2),
+        ("fastv", {"visual_token_num": 64}, 1),
+        ("fastv", {"visual_token_num": 64}, 2),
+        ("pdrop", {"pdrop_layers": "1,2,3", "visual_token_num": 192}, 2),  # staged drops, compact positions
+    ],
+    ids=["fastervlm@64-batch1", "fastervlm@64-batch2", "fastv@64-batch1", "fastv@64-batch2", "pdrop@192-batch2"],
+)
 @torch.inference_mode()
-def test_static_cache_generation_equals_dynamic(checkpoint_model, method, batch_size):
-    inputs = checkpoint_inputs(checkpoint_model, batch_size)
-    vtc.apply(checkpoint_model, method, visual_token_num=64)
+def test_static_cache_generation_equals_dynamic(checkpoint_model, method, options, batch_size):
+    inputs = checkpoint_inputs(checkpoint_model, batch_size)  # batch 2: rows of different lengths, left-padded
+    vtc.apply(checkpoint_model, method, **options)
     dynamic = checkpoint_model.generate(**inputs, **GEN)
     static = checkpoint_model.generate(**inputs, cache_implementation="static", **GEN)
     assert torch.equal(static.sequences, dynamic.sequences)
@@ -72,3 +84,27 @@ def test_data_dependent_methods_refuse_a_static_cache(checkpoint_model, method, 
     vtc.apply(checkpoint_model, method, **options)
     with pytest.raises(TypeError, match=f"^{method} cannot use a StaticCache: .*{reason}"):
         checkpoint_model.generate(**inputs, cache_implementation="static", **GEN)
+
+
+@pytest.mark.skipif(
+    os.environ.get("VTC_TEST_COMPILE") != "1",
+    reason="torch.compile of decode takes minutes on 2 CPU cores: run with VTC_TEST_COMPILE=1",
+)
+@pytest.mark.parametrize("method", ["fastervlm", "fastv"], ids=["fastervlm@64", "fastv@64"])
+@torch.inference_mode()
+def test_compiled_static_decode_equals_dynamic(checkpoint_model, method):
+    inputs = checkpoint_inputs(checkpoint_model, 2)
+    vtc.apply(checkpoint_model, method, visual_token_num=64)
+    dynamic = checkpoint_model.generate(**inputs, **GEN)
+    config = CompileConfig(mode="default", dynamic=False)
+    config._compile_all_devices = True  # transformers compiles decode by itself only on accelerators
+    try:
+        compiled = checkpoint_model.generate(**inputs, cache_implementation="static", compile_config=config, **GEN)
+        assert "_compiled_call" in checkpoint_model.__dict__  # decode ran through torch.compile
+    finally:
+        checkpoint_model.__dict__.pop("_compiled_call", None)
+        checkpoint_model.__dict__.pop("_last_compile_config", None)
+    assert torch.equal(compiled.sequences, dynamic.sequences)
+    for step_compiled, step_dynamic in zip(compiled.logits, dynamic.logits, strict=True):
+        torch.testing.assert_close(step_compiled, step_dynamic, rtol=1e-4, atol=1e-4)
+    assert _trace(compiled) == _trace(dynamic)

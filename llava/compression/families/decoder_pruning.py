@@ -49,11 +49,23 @@ Trace: after each prefill the engine records one dict per batch row with ``visua
 tokens in the *input* of every decoder layer, merged tokens included), ``avg_visual_tokens`` (their mean over
 layers), ``llm_pruning_layers`` and ``llm_kept_indices`` (pruning layer, as a string -> the visual tokens entering
 that layer: ascending indices ``i`` into the row's visual tokens at the LLM input, then every merged/recycled
-token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens). It is the
-engine's one :func:`last_trace`; the ``generate`` wrapper puts it on its result as ``llm_compression_trace`` with
+token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens), built when first
+read (the kept indices stay on the device until then). It is the engine's one :func:`last_trace`; the ``generate`` wrapper puts it on its result as ``llm_compression_trace`` with
 one dict per *input* row (beams / returned sequences collapsed).
 
-Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
+Host synchronisation: the prefill's shapes come from a :class:`VisualLayout` read before the forward (the
+``generate`` wrapper reads it; :func:`known_layout`), from the shapes of the methods' selections and from
+:func:`~llava.compression.primitives.first_true`, so a fixed-count method (FastV) prunes without the host waiting for
+the device; checks of a method's output are device-side asserts.
+
+Static caches: a method whose shapes are fixed by its config (``static_cache_refusal = None``: FastV, PyramidDrop)
+also runs with a full-attention ``StaticCache`` (``cache_implementation="static"``): every static layer writes at its
+own length, so a pruned layer holds its kept tokens first, then the generated ones; the 4-D mask ``generate()``
+passes with such a cache gives the padding mask (its last query row), and a prefill is the cache's first forward or
+one of several tokens (its length lives on the device). Other methods refuse it with one error naming the method and
+the reason.
+
+Limits: ``DynamicCache``, or ``StaticCache`` for fixed-shape methods; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
 line up); a 2-D ``attention_mask`` (or none); without a cache every forward re-prunes from its own last prompt token
 unless :func:`pin_prompt` fixes the prompt length.
 """
