@@ -14,11 +14,11 @@ import traceback
 
 import pytest
 import torch
-from conftest import checkpoint_inputs
 from torch.overrides import TorchFunctionMode
 
 import llava.compression as vtc
 from llava.compression.families import llava as llava_family
+from tests.llm.conftest import checkpoint_inputs
 
 # calls that return host values or device-data-dependent shapes (a device sync on a GPU)
 _READS = {

@@ -13,10 +13,10 @@ import os
 
 import pytest
 import torch
-from conftest import checkpoint_inputs
 from transformers import CompileConfig, StaticCache
 
 import llava.compression as vtc
+from tests.llm.conftest import checkpoint_inputs
 
 GEN = {"max_new_tokens": 5, "do_sample": False, "output_logits": True, "return_dict_in_generate": True}
 

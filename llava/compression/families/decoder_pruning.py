@@ -111,6 +111,25 @@ class _Segment:
     start: int
     prompt_mask: torch.Tensor  # [B, T_s] long
     shift: torch.Tensor  # [B] long: original position - segment position, for tokens after the prompt
+    # a StaticCache only, so that decoding (compiled) depends on no prompt length: the prompt mask padded to the
+    # cache length [B, L], and T_s and T - T_s as 0-d device tensors (where the segment's generated slots start, and
+    # how far layer 0's slots are ahead of them)
+    static_prompt: torch.Tensor | None = None
+    static_end: torch.Tensor | None = None
+    static_offset: torch.Tensor | None = None
+
+    def static_mask(self, layer0: torch.Tensor | None, length: int) -> torch.Tensor:
+        """``[B, L]`` 2-D mask of the segment's static slots from layer 0's (``[B, <= L]``, ``None``: all attended):
+        its prompt part, then layer 0's part after the prompt, shifted to the segment's slots."""
+        prompt = self.static_prompt
+        b = prompt.shape[0]
+        if layer0 is None:
+            layer0 = torch.ones(b, length, dtype=prompt.dtype, device=prompt.device)
+        layer0 = torch.nn.functional.pad(layer0.to(prompt.dtype), (0, length - layer0.shape[1]))
+        slots = torch.arange(length, device=prompt.device)
+        source = slots + self.static_offset
+        generated = layer0.gather(1, source.clamp(max=length - 1).expand(b, length)) * (source < length)
+        return torch.where(slots < self.static_end, prompt, generated)
 
 
 @dataclass
@@ -924,7 +943,14 @@ class _PrefillRun:
         self.kept.append((layer, self.visual, self.orig_index, self.stand_in))
 
         mask_2d = valid.long()
-        self.segments.append(_Segment(start=layer, prompt_mask=mask_2d, shift=shift))
+        segment = _Segment(start=layer, prompt_mask=mask_2d, shift=shift)
+        if isinstance(self.cache, StaticCache):
+            length = self.cache.layers[layer].max_cache_len
+            segment.static_prompt = torch.nn.functional.pad(mask_2d, (0, length - new_t))
+            # torch.full: a fill kernel, not a host-to-device copy
+            segment.static_end = torch.full((), new_t, dtype=torch.long, device=dev)
+            segment.static_offset = torch.full((), self.prompt_length - new_t, dtype=torch.long, device=dev)
+        self.segments.append(segment)
         # known on the host: whether any row is left-filled. Without filler the 2-D mask is all ones and the causal
         # mask may be skipped (SDPA's is_causal), as transformers itself would decide, but without reading the mask;
         # with filler nothing can be skipped, so transformers need not read it either (each read waits for the device)
@@ -1055,8 +1081,8 @@ class _DecodeRun:
                 f"decode batch {b} does not match the pruned prefill batch {record.batch_size} (a cache is tied to "
                 "the prompts it was filled with)"
             )
-        if self.past_seen is None:  # static cache: every slot after the prompt, future ones masked as causal
-            extra = self.cache.layers[layer].max_cache_len - record.prompt_length
+        if self.past_seen is None:  # static cache: fixed shapes, whatever the prompt length
+            mask_2d = seg.static_mask(self.attention_mask, self.cache.layers[layer].max_cache_len)
         else:
             extra = self.past_seen + q - record.prompt_length  # tokens after the prompt, this step's included
             cached = self.cache.get_seq_length(layer)
@@ -1065,11 +1091,11 @@ class _DecodeRun:
                     f"layer {layer} caches {cached} tokens, expected {seg.prompt_mask.shape[1] + extra - q}: the cache "
                     "does not belong to the last pruned prefill"
                 )
-        if self.attention_mask is not None:
-            tail = self.attention_mask[:, record.prompt_length :].to(seg.prompt_mask.dtype)
-        else:
-            tail = torch.ones(b, extra, dtype=seg.prompt_mask.dtype, device=hidden.device)
-        mask_2d = torch.cat([seg.prompt_mask, tail], dim=1)
+            if self.attention_mask is not None:
+                tail = self.attention_mask[:, record.prompt_length :].to(seg.prompt_mask.dtype)
+            else:
+                tail = torch.ones(b, extra, dtype=seg.prompt_mask.dtype, device=hidden.device)
+            mask_2d = torch.cat([seg.prompt_mask, tail], dim=1)
         positions = self.positions.expand(b, q).shifted(seg.shift)
         mask = create_causal_mask(
             config=self.lm.config,
