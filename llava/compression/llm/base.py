@@ -141,7 +141,7 @@ class PruneStep:
     def keys(self, layer: int) -> torch.Tensor:
         """``[B, H_kv, T, d]`` post-RoPE keys of layer ``layer`` (``K-1`` or ``K``) for the current tokens.
 
-        Layer ``K-1``'s come from the ``DynamicCache`` at prefill (exactly what that layer attended with);
+        Layer ``K-1``'s come from the cache at prefill (exactly what that layer attended with);
         otherwise they are recomputed with the layer's ``input_layernorm`` / ``k_proj`` / RoPE.
         """
         raise NotImplementedError
