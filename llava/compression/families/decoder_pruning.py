@@ -557,6 +557,7 @@ class _Call:
             raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none)")
         self.lm, self.state = lm, state
         # 2-D; a 4-D mask (what generate() passes with a static cache) gives the padding mask of its last query row
+        self.four_d = attention_mask is not None and attention_mask.dim() == 4
         self.attention_mask, self.visual = _padding_mask(attention_mask), visual
         self.run: _PrefillRun | _DecodeRun | None = None
         self.view: _View | None = None  # what layers get from the current segment on (None: what they receive)
@@ -567,6 +568,8 @@ class _Call:
     def _begin(self, hidden: torch.Tensor, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
         static = _check_cache(cache, self.state.config)
+        if self.four_d and not static:
+            raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none; 4-D with a StaticCache)")
         positions = Positions(kwargs["position_ids"])
         if static:
             # a StaticCache's length lives on the device: a prefill is its first forward or one of several tokens
