@@ -523,7 +523,7 @@ def _generate(self, *args: Any, **kwargs: Any):
     layout = None
     mask = kwargs.get("attention_mask")
     if state.image_token_id is not None and isinstance(inputs, torch.Tensor) and inputs.dim() == 2 and (
-        mask is None or mask.dim() == 2
+        isinstance(mask, torch.Tensor) and mask.dim() == 2  # without one, generate() may infer it from padding
     ):
         # the prefill's shapes, read once here, before any forward (input_ids on the device: one transfer)
         layout = VisualLayout.read(inputs == state.image_token_id, mask)
