@@ -129,6 +129,22 @@ class Reduction:
             out.update(self.info[i])
         return out
 
+    def traces(self) -> list[dict[str, Any]]:
+        """:meth:`trace` of every image, reading all kept indices from the device in one copy (not one per image)."""
+        sizes = [int(k.numel()) for k in self.kept_indices]
+        flat = torch.cat([k.reshape(-1) for k in self.kept_indices]).tolist() if self.kept_indices else []
+        traces, start = [], 0
+        for i, size in enumerate(sizes):
+            out: dict[str, Any] = {
+                "visual_tokens": int(self.features[i].shape[0]),
+                "kept_indices": [int(j) for j in flat[start : start + size]],
+            }
+            if self.info is not None:
+                out.update(self.info[i])
+            traces.append(out)
+            start += size
+        return traces
+
 
 @dataclass(frozen=True)
 class PreLLMMethod(MethodConfig):

@@ -53,6 +53,13 @@ def top_scoring(scores: torch.Tensor, k: int) -> torch.Tensor:
     return topk_indices(scores[None].float(), k)[0]
 
 
+def first_true(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """Ascending indices of the first ``count`` ``True`` entries of a 1-D ``mask``: ``torch.nonzero(mask)[:count]``
+    when ``mask`` holds at least ``count`` of them, but with a size known on the host, so it needs no device sync
+    (a stable sort puts the ``True`` entries first, in order)."""
+    return torch.sort((~mask).to(torch.int8), stable=True).indices[:count]
+
+
 # -- [CLS] attention scores -------------------------------------------------------------------------------------------
 
 

@@ -130,3 +130,12 @@ def test_pool_hand_case():
     torch.testing.assert_close(
         pool.pool_to_grid(y, (3, 3), (2, 2))[0, :, 0], torch.tensor([2.0, 3.0, 5.0, 6.0])
     )
+
+
+def test_first_true_is_nonzero_with_a_host_size():
+    g = torch.Generator().manual_seed(0)
+    for density in (0.0, 0.1, 0.5, 1.0):
+        mask = torch.rand(97, generator=g) < density
+        every = torch.nonzero(mask).flatten()
+        for count in {0, every.numel() // 2, every.numel()}:
+            assert torch.equal(primitives.first_true(mask, count), every[:count])

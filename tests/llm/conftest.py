@@ -110,3 +110,44 @@ def model(shared_model):
     vtc.remove(shared_model)
 
 
+
+
+# -- the tiny LLaVA-1.5 checkpoint (llava.model.tiny: CLIP geometry, 576 patches, 4 Llama layers), in process --------
+
+
+@pytest.fixture(scope="session")
+def shared_checkpoint_model() -> LlavaForConditionalGeneration:
+    from llava.model.tiny import build_llava_config, build_tiny_state_dict
+
+    config = build_llava_config()
+    model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model.load_state_dict(build_tiny_state_dict(0))
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.eos_token_id = None  # fixed-length greedy outputs, comparable token by token
+    return model.eval()
+
+
+@pytest.fixture
+def checkpoint_model(shared_checkpoint_model):
+    """The tiny checkpoint's model, guaranteed unmodified before and after the test."""
+    import llava.compression as vtc
+
+    vtc.remove(shared_checkpoint_model)
+    yield shared_checkpoint_model
+    vtc.remove(shared_checkpoint_model)
+
+
+def checkpoint_inputs(model: LlavaForConditionalGeneration, batch_size: int, seed: int = 0) -> dict:
+    """``input_ids`` / ``attention_mask`` / ``pixel_values`` of ``batch_size`` prompts (text, one 576-token image
+    run, text) of different lengths, left-padded."""
+    g = torch.Generator().manual_seed(seed)
+    image_id, pad_id = model.config.image_token_id, model.generation_config.pad_token_id
+    rows = []
+    for i in range(batch_size):
+        pre = torch.randint(5, image_id, (3 + 2 * i,), generator=g)
+        post = torch.randint(5, image_id, (6 + 3 * i,), generator=g)
+        rows.append(torch.cat([pre, torch.full((576,), image_id), post]))
+    ids, mask = left_pad_ids([r.tolist() for r in rows], pad_id, torch.device("cpu"))
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(batch_size, 3, size, size, generator=g)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}

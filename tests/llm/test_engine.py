@@ -260,10 +260,11 @@ def test_second_model_in_process_is_unaffected(model):
 
 @torch.inference_mode()
 def test_static_cache_is_refused_with_a_clear_error(model):
+    # a method with data-dependent counts (fixed-count FastV takes a static cache: tests/llm/test_static_cache.py)
     ids, mask, kw, _ = batch([(4, True, 6)])
-    vtc.apply(model, "fastv")
+    vtc.apply(model, "sparsevlm", sparsevlm_layers="1", sparsevlm_counts="3")
     cache = StaticCache(config=model.config.text_config, max_cache_len=128)
-    with pytest.raises(TypeError, match="DynamicCache"):
+    with pytest.raises(TypeError, match="sparsevlm cannot use a StaticCache: it recycles a data-dependent number"):
         model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True, **kw)
 
 

@@ -49,11 +49,23 @@ Trace: after each prefill the engine records one dict per batch row with ``visua
 tokens in the *input* of every decoder layer, merged tokens included), ``avg_visual_tokens`` (their mean over
 layers), ``llm_pruning_layers`` and ``llm_kept_indices`` (pruning layer, as a string -> the visual tokens entering
 that layer: ascending indices ``i`` into the row's visual tokens at the LLM input, then every merged/recycled
-token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens). It is the
-engine's one :func:`last_trace`; the ``generate`` wrapper puts it on its result as ``llm_compression_trace`` with
+token as ``-1 - i``, ``i`` the token whose place it takes; ``{}`` for a row without visual tokens), built when first
+read (the kept indices stay on the device until then). It is the engine's one :func:`last_trace`; the ``generate`` wrapper puts it on its result as ``llm_compression_trace`` with
 one dict per *input* row (beams / returned sequences collapsed).
 
-Limits: ``DynamicCache`` only; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
+Host synchronisation: the prefill's shapes come from a :class:`VisualLayout` read before the forward (the
+``generate`` wrapper reads it; :func:`known_layout`), from the shapes of the methods' selections and from
+:func:`~llava.compression.primitives.first_true`, so a fixed-count method (FastV) prunes without the host waiting for
+the device; checks of a method's output are device-side asserts.
+
+Static caches: a method whose shapes are fixed by its config (``static_cache_refusal = None``: FastV, PyramidDrop)
+also runs with a full-attention ``StaticCache`` (``cache_implementation="static"``): every static layer writes at its
+own length, so a pruned layer holds its kept tokens first, then the generated ones; the 4-D mask ``generate()``
+passes with such a cache gives the padding mask (its last query row), and a prefill is the cache's first forward or
+one of several tokens (its length lives on the device). Other methods refuse it with one error naming the method and
+the reason.
+
+Limits: ``DynamicCache``, or ``StaticCache`` for fixed-shape methods; inference only (outputs after layer ``K`` have fewer positions, so ``labels`` do not
 line up); a 2-D ``attention_mask`` (or none); without a cache every forward re-prunes from its own last prompt token
 unless :func:`pin_prompt` fixes the prompt length.
 """
@@ -64,17 +76,19 @@ import contextlib
 import sys
 import types
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, StaticCache
 from transformers.masking_utils import create_causal_mask
 
 from llava.compression.llm import scoring
 from llava.compression.llm.base import LLMPruningMethod, PruneStep, RowSelection
 from llava.compression.llm.positions import Positions, rope_positions
 from llava.compression.llm.schedule import average_tokens
+from llava.compression.primitives import first_true
 from llava.compression.registry import CompressionConfigError, ModelGeometry
 
 STATE_ATTR = "_vtc_llm_pruning"
@@ -97,6 +111,25 @@ class _Segment:
     start: int
     prompt_mask: torch.Tensor  # [B, T_s] long
     shift: torch.Tensor  # [B] long: original position - segment position, for tokens after the prompt
+    # a StaticCache only, so that decoding (compiled) depends on no prompt length: the prompt mask padded to the
+    # cache length [B, L], and T_s and T - T_s as 0-d device tensors (where the segment's generated slots start, and
+    # how far layer 0's slots are ahead of them)
+    static_prompt: torch.Tensor | None = None
+    static_end: torch.Tensor | None = None
+    static_offset: torch.Tensor | None = None
+
+    def static_mask(self, layer0: torch.Tensor | None, length: int) -> torch.Tensor:
+        """``[B, L]`` 2-D mask of the segment's static slots from layer 0's (``[B, <= L]``, ``None``: all attended):
+        its prompt part, then layer 0's part after the prompt, shifted to the segment's slots."""
+        prompt = self.static_prompt
+        b = prompt.shape[0]
+        if layer0 is None:
+            layer0 = torch.ones(b, length, dtype=prompt.dtype, device=prompt.device)
+        layer0 = torch.nn.functional.pad(layer0.to(prompt.dtype), (0, length - layer0.shape[1]))
+        slots = torch.arange(length, device=prompt.device)
+        source = slots + self.static_offset
+        generated = layer0.gather(1, source.clamp(max=length - 1).expand(b, length)) * (source < length)
+        return torch.where(slots < self.static_end, prompt, generated)
 
 
 @dataclass
@@ -104,6 +137,47 @@ class _Prefill:
     prompt_length: int  # T of the prefill (original coordinates)
     batch_size: int
     segments: list[_Segment]
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """Per batch row of the LLM input, read on the host *before* a forward: its visual tokens and its attended
+    tokens. With it the prefill knows every shape in advance and never waits for the device (no ``.tolist()`` /
+    ``nonzero()`` / ``int(tensor)`` on the hot path); without it the prefill reads the counts itself (one transfer).
+
+    ``counts`` is the same ``[2, B]`` (visual, valid) on the device, for an asynchronous check against the forward's
+    own masks; ``length`` the sequence length it was read from (a prefill of another length, e.g. after a vision-side
+    method shrank the placeholders, reads its own).
+    """
+
+    visual: tuple[int, ...]
+    valid: tuple[int, ...]
+    counts: torch.Tensor
+    length: int
+
+    @classmethod
+    def read(cls, visual: torch.Tensor, attention_mask: torch.Tensor | None) -> VisualLayout:
+        """The layout of ``visual`` (``[B, T]`` bool) under a 2-D ``attention_mask`` (one device-to-host copy)."""
+        valid = torch.ones_like(visual, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        counts = torch.stack([(visual.bool() & valid).sum(dim=1), valid.sum(dim=1)])
+        visual_counts, valid_counts = counts.tolist()
+        return cls(tuple(visual_counts), tuple(valid_counts), counts, visual.shape[1])
+
+    def for_batch(self, batch: int, length: int) -> VisualLayout | None:
+        """The layout of a ``[batch, length]`` prefill that repeats each row ``batch / B`` times in place (beams,
+        returned sequences), or ``None`` when it cannot be this layout's."""
+        rows = len(self.visual)
+        if length != self.length or rows == 0 or batch % rows:
+            return None
+        if batch == rows:
+            return self
+        n = batch // rows
+        return VisualLayout(
+            tuple(v for v in self.visual for _ in range(n)),
+            tuple(v for v in self.valid for _ in range(n)),
+            self.counts.repeat_interleave(n, dim=1),
+            self.length,
+        )
 
 
 class _QueryCapture:
@@ -127,8 +201,12 @@ class EngineState:
     layers: tuple[int, ...]
     query_layers: tuple[int, ...] = ()
     image_token_id: int | None = None
-    last_trace: list[dict[str, Any]] | None = None
+    # the traces of the last prefill, or a callable that builds them on first read (their kept indices stay on the
+    # device until someone reads them, so the prefill itself never waits for the device): read through trace()
+    last_trace: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]] | None = None
     pinned_prompt: int | None = None
+    # the host-side layout of the next prefill, set by the generate wrapper (known_layout) for the call's duration
+    layout: VisualLayout | None = None
     # DynamicCache -> the pruned layout of the prefill that filled it (dies with the cache)
     prefills: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     capture: _QueryCapture = field(default_factory=_QueryCapture)
@@ -139,6 +217,12 @@ class EngineState:
     def captured_queries(self) -> dict[int, torch.Tensor] | None:
         """The ``q_proj`` outputs being captured right now (``None`` outside a query layer's forward)."""
         return self.capture.target
+
+    def trace(self) -> list[dict[str, Any]] | None:
+        """The traces of the last prefill (built from the device tensors on first read)."""
+        if callable(self.last_trace):
+            self.last_trace = self.last_trace()
+        return self.last_trace
 
 
 def _state(module: Any) -> EngineState | None:
@@ -311,7 +395,22 @@ def last_trace(model: Any) -> list[dict[str, Any]] | None:
         state = _state(_language_model(model))
     except TypeError:
         return None
-    return None if state is None else state.last_trace
+    return None if state is None else state.trace()
+
+
+@contextlib.contextmanager
+def known_layout(model: Any, layout: VisualLayout | None):
+    """Within the block, the next prefill of ``model``'s decoder takes its per-row counts from ``layout`` (read
+    before the forward with :meth:`VisualLayout.read`) instead of reading them from the device. The ``generate``
+    wrapper does this for every call; a caller running its own forward can do the same."""
+    state = _state(_language_model(model))
+    if state is None:
+        raise RuntimeError("no in-LLM method is applied to this model")
+    previous, state.layout = state.layout, layout
+    try:
+        yield
+    finally:
+        state.layout = previous
 
 
 @contextlib.contextmanager
@@ -423,8 +522,16 @@ def _generate(self, *args: Any, **kwargs: Any):
     original = previous if previous is not None else types.MethodType(type(self).generate, self)
     state.last_trace = None
     inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
-    result = original(*args, **kwargs)
-    trace = state.last_trace
+    layout = None
+    mask = kwargs.get("attention_mask")
+    if state.image_token_id is not None and isinstance(inputs, torch.Tensor) and inputs.dim() == 2 and (
+        isinstance(mask, torch.Tensor) and mask.dim() == 2  # without one, generate() may infer it from padding
+    ):
+        # the prefill's shapes, read once here, before any forward (input_ids on the device: one transfer)
+        layout = VisualLayout.read(inputs == state.image_token_id, mask)
+    with known_layout(self, layout):
+        result = original(*args, **kwargs)
+    trace = state.trace()
     if trace and inputs is not None and len(trace) % inputs.shape[0] == 0:
         # generate() repeats each input row (beams, num_return_sequences): one trace per input row
         trace = trace[:: len(trace) // inputs.shape[0]]
@@ -448,10 +555,12 @@ class _Call:
     """One forward of the decoder: created by its pre-hook, handed to every layer in the keyword arguments."""
 
     def __init__(self, lm, state: EngineState, attention_mask, visual):
-        if attention_mask is not None and attention_mask.dim() != 2:
+        if attention_mask is not None and attention_mask.dim() not in (2, 4):
             raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none)")
         self.lm, self.state = lm, state
-        self.attention_mask, self.visual = attention_mask, visual
+        # 2-D; a 4-D mask (what generate() passes with a static cache) gives the padding mask of its last query row
+        self.four_d = attention_mask is not None and attention_mask.dim() == 4
+        self.attention_mask, self.visual = _padding_mask(attention_mask), visual
         self.run: _PrefillRun | _DecodeRun | None = None
         self.view: _View | None = None  # what layers get from the current segment on (None: what they receive)
         self.layer_input: torch.Tensor | None = None  # input of the layer that ran last
@@ -461,14 +570,18 @@ class _Call:
 
     def _begin(self, hidden: torch.Tensor, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
-        if cache is not None and not isinstance(cache, DynamicCache):
-            raise TypeError(
-                f"in-LLM token pruning needs a DynamicCache (per-layer cache lengths differ), got "
-                f"{type(cache).__name__}; do not set cache_implementation='static'"
-            )
-        past_seen = cache.get_seq_length() if cache is not None else 0
+        static = _check_cache(cache, self.state.config)
+        if self.four_d and not static:
+            raise ValueError("in-LLM token pruning needs a 2-D attention_mask (or none; 4-D with a StaticCache)")
         positions = self._positions(kwargs)
-        if past_seen == 0:
+        if static:
+            # a StaticCache's length lives on the device: a prefill is its first forward or one of several tokens
+            past_seen = None
+            prefill = not cache.layers[0].is_initialized or hidden.shape[1] > 1
+        else:
+            past_seen = cache.get_seq_length() if cache is not None else 0
+            prefill = past_seen == 0
+        if prefill:
             self.run = _PrefillRun(self.lm, self.state, hidden, self.attention_mask, positions, self.visual, cache)
         else:
             self.run = _DecodeRun.create(self.lm, self.state, self.attention_mask, positions, cache, past_seen)
@@ -519,6 +632,32 @@ def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, -2, index[..., None].expand(*x.shape[:-3], *index.shape, x.shape[-1]))
 
 
+def _padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A 2-D mask as is; a 4-D one (``[B, 1, Q, KV]``, bool or additive) -> ``[B, KV]`` bool, its last query row: every
+    token the last query attends to (padding and not-yet-written static cache slots excluded)."""
+    if attention_mask is None or attention_mask.dim() == 2:
+        return attention_mask
+    row = attention_mask[:, 0, -1]
+    return row if row.dtype == torch.bool else row == 0
+
+
+def _check_cache(cache: Any, config: LLMPruningMethod) -> bool:
+    """``True`` for a :class:`StaticCache` the method can fill, ``False`` for a :class:`DynamicCache` or none;
+    otherwise one clear error naming the method and why."""
+    if cache is None or isinstance(cache, DynamicCache):
+        return False
+    if not isinstance(cache, StaticCache) or any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+        raise TypeError(
+            f"in-LLM token pruning needs a DynamicCache or a full-attention StaticCache, got {type(cache).__name__}"
+        )
+    if config.static_cache_refusal is not None:
+        raise TypeError(
+            f"{config.name} cannot use a StaticCache: {config.static_cache_refusal}, so its pruned shapes are not "
+            "known in advance; use the default DynamicCache (do not set cache_implementation='static')"
+        )
+    return True
+
+
 def _rotate(attn: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``x`` (``[B, heads, n, d]`` queries or keys) rotated as the attention module's own code does."""
     rotated, _ = _rotary_function(attn)(x, x, cos, sin)
@@ -555,6 +694,7 @@ class _Step(PruneStep):
             run.input_visual,
             run.input_prompt,
         )
+        self.visual_counts = tuple(run.visual_counts)
         self._keys: dict[int, torch.Tensor] = {}
 
     def _source(self, layer: int) -> torch.Tensor:
@@ -581,6 +721,8 @@ class _Step(PruneStep):
             and cache.layers[layer].keys.shape[-2] == t
         ):
             k = cache.layers[layer].keys  # exactly what layer K-1 attended with (post-RoPE)
+        elif layer == self.layer - 1 and isinstance(cache, StaticCache) and cache.layers[layer].is_initialized:
+            k = cache.layers[layer].keys[:, :, :t]  # the same: this prefill wrote slots 0 .. t-1 of layer K-1
         else:
             block = self.run.lm.layers[layer]
             attn = block.self_attn
@@ -631,11 +773,22 @@ class _PrefillRun:
         self.valid = (
             torch.ones(b, t, dtype=torch.bool, device=dev)
             if attention_mask is None
-            else attention_mask.bool()
+            else attention_mask[:, :t].bool()
         )
         if visual is None or tuple(visual.shape) != (b, t):
             visual = torch.zeros(b, t, dtype=torch.bool, device=dev)
         self.visual = visual.to(dev).bool() & self.valid
+        layout = state.layout.for_batch(b, t) if state.layout is not None else None
+        if layout is None:
+            layout = VisualLayout.read(self.visual, self.valid)  # no layout from the caller: read it (one transfer)
+        else:  # the caller's layout must describe this forward (checked on the device, without waiting for it)
+            counts = torch.stack([self.visual.sum(dim=1), self.valid.sum(dim=1)])
+            torch._assert_async(
+                (counts == layout.counts.to(dev)).all(),
+                "the visual layout given for this prefill does not match its input_ids / attention_mask",
+            )
+        # per row, on the host: current visual tokens and current attended tokens
+        self.visual_counts, self.valid_counts = list(layout.visual), list(layout.valid)
         index = torch.arange(t, device=dev).expand(b, t)
         self.prompt = self.valid.clone()
         if state.pinned_prompt is not None:
@@ -649,9 +802,9 @@ class _PrefillRun:
         self.next_position = self.positions.end(self.valid)
         self.mode = state.config.position_mode()
         self.prompt_length, self.batch_size = t, b
-        self.starts = state.layers if bool(self.visual.any()) else ()
+        self.starts = state.layers if any(self.visual_counts) else ()
         self.segments: list[_Segment] = []
-        self.counts: list[tuple[int, list[int]]] = [(0, self.visual.sum(dim=1).tolist())]
+        self.counts: list[tuple[int, list[int]]] = [(0, list(self.visual_counts))]
         # index of each LLM-input token among its row's visual tokens (-1 for the others)
         self.input_visual_index = torch.where(self.visual, self.visual.long().cumsum(dim=1) - 1, -1)
         # (layer, visual mask, orig_index, stand_in) of the tokens entering each pruning layer (read at finish())
@@ -690,11 +843,12 @@ class _PrefillRun:
         dev = hidden.device
         rows, merged_rows, merged_pos, kept_sets = [], [], [], []
         merged_stand_in: list[torch.Tensor | None] = []  # per row: the LLM-input token each merged one stands for
+        counts = list(self.visual_counts)  # visual tokens per row after this layer (host)
         for r in range(b):
             sel = selections[r]
             vis = step.visual_indices(r)
             if sel is None or vis.numel() == 0:
-                kept = torch.nonzero(self.valid[r]).flatten()
+                kept = first_true(self.valid[r], self.valid_counts[r])
                 rows.append(kept)
                 kept_sets.append(kept)
                 merged_rows.append(None)
@@ -704,17 +858,19 @@ class _PrefillRun:
             keep = _check_keep(sel.keep, vis.numel(), self.state.config.name).to(dev)
             keep_mask = self.valid[r] & ~self.visual[r]
             keep_mask[vis[keep]] = True
-            kept = torch.nonzero(keep_mask).flatten()
+            kept = first_true(keep_mask, self.valid_counts[r] - vis.numel() + keep.numel())
             kept_sets.append(kept)
             m = 0 if sel.merged is None else sel.merged.shape[0]
+            counts[r] = keep.numel() + m
             if m == 0:
                 rows.append(kept)
                 merged_rows.append(None)
                 merged_pos.append(None)
                 merged_stand_in.append(None)
                 continue
+            keep = keep.sort().values
             anchor = vis[keep][-1] if keep.numel() else vis[-1]
-            cut = int((kept <= anchor).sum())
+            cut = int((kept <= anchor).sum())  # a data-dependent place: merging methods are not sync-free
             slots = t + torch.arange(m, device=dev)
             rows.append(torch.cat([kept[:cut], slots, kept[cut:]]))
             source = (
@@ -740,7 +896,7 @@ class _PrefillRun:
             if fill:
                 unused = torch.ones(t, dtype=torch.bool, device=dev)
                 unused[kept_sets[r]] = False
-                filler = torch.nonzero(unused).flatten()[:fill]
+                filler = first_true(unused, min(fill, t - kept_sets[r].numel()))
                 if (
                     filler.numel() < fill
                 ):  # a method merged more tokens into another row than this row dropped
@@ -792,26 +948,69 @@ class _PrefillRun:
         self.orig_index = torch.gather(src_orig, 1, index)
         self.stand_in = torch.gather(src_stand_in, 1, index)
         self.valid, self.positions = valid, positions
-        self.counts.append((layer, self.visual.sum(dim=1).tolist()))
+        self.visual_counts, self.valid_counts = counts, [x.numel() for x in rows]
+        self.counts.append((layer, list(counts)))
         self.kept.append((layer, self.visual, self.orig_index, self.stand_in))
 
         mask_2d = valid.long()
-        self.segments.append(_Segment(start=layer, prompt_mask=mask_2d, shift=shift))
+        segment = _Segment(start=layer, prompt_mask=mask_2d, shift=shift)
+        if isinstance(self.cache, StaticCache):
+            length = self.cache.layers[layer].max_cache_len
+            segment.static_prompt = torch.nn.functional.pad(mask_2d, (0, length - new_t))
+            # torch.full: a fill kernel, not a host-to-device copy
+            segment.static_end = torch.full((), new_t, dtype=torch.long, device=dev)
+            segment.static_offset = torch.full((), self.prompt_length - new_t, dtype=torch.long, device=dev)
+        self.segments.append(segment)
+        # known on the host: whether any row is left-filled. Without filler the 2-D mask is all ones and the causal
+        # mask may be skipped (SDPA's is_causal), as transformers itself would decide, but without reading the mask;
+        # with filler nothing can be skipped, so transformers need not read it either (each read waits for the device)
+        full = all(n == new_t for n in self.valid_counts)
+        static = isinstance(self.cache, StaticCache)
         mask = create_causal_mask(
             config=self.lm.config,
             inputs_embeds=new_hidden,
-            attention_mask=mask_2d,
+            attention_mask=None if full else mask_2d,
             past_key_values=self.cache,
             position_ids=None,
             layer_idx=layer,
+            allow_is_causal_skip=full and not static,  # a static cache's offset is a device tensor: never read it
         )
         return new_hidden, _View(mask, position_embeddings, positions)
 
-    def _kept_indices(self, row: int) -> dict[str, list[int]]:
+    def finish(self) -> None:
+        self.state.last_trace = _PendingTrace(
+            self.lm.config.num_hidden_layers,
+            self.batch_size,
+            self.counts,
+            list(self.state.layers),
+            self.state.config.trace_extras(self.state.geometry),
+            self.kept,
+            self.input_visual_index,
+        )
+        if self.cache is not None and self.segments:
+            self.state.prefills[self.cache] = _Prefill(self.prompt_length, self.batch_size, self.segments)
+        elif self.cache is not None:
+            self.state.prefills.pop(self.cache, None)
+
+
+@dataclass
+class _PendingTrace:
+    """The traces of one prefill, built when first read: the counts are on the host already, the kept indices are
+    read from the device only then (outside the forward)."""
+
+    num_layers: int
+    batch_size: int
+    counts: list[tuple[int, list[int]]]  # (first layer, visual tokens per row from it on)
+    layers: list[int]
+    extras: dict[str, Any]
+    kept: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]  # as _PrefillRun.kept
+    input_visual_index: torch.Tensor  # as _PrefillRun.input_visual_index
+
+    def kept_indices(self, row: int) -> dict[str, list[int]]:
         """Pruning layer -> the row's visual tokens entering it, as indices ``i`` into its LLM-input visual tokens:
         the unchanged ones ascending, then each merged / recycled token as ``-1 - i``, ``i`` the token whose place
         it takes. ``{}`` for a row without visual tokens."""
-        if not bool(self.input_visual[row].any()):
+        if not self.counts[0][1][row]:
             return {}
         out = {}
         for layer, visual, orig_index, stand_in in self.kept:
@@ -820,38 +1019,36 @@ class _PrefillRun:
             out[str(layer)] = kept + (-1 - self.input_visual_index[row, stand[orig < 0]]).tolist()
         return out
 
-    def finish(self) -> None:
-        num_layers = self.lm.config.num_hidden_layers
+    def __call__(self) -> list[dict[str, Any]]:
         traces = []
         for r in range(self.batch_size):
-            per_layer = [0] * num_layers
+            per_layer = [0] * self.num_layers
             for start, counts in self.counts:
-                for layer in range(start, num_layers):
+                for layer in range(start, self.num_layers):
                     per_layer[layer] = int(counts[r])
             traces.append(
                 {
                     "visual_tokens_per_layer": per_layer,
                     "avg_visual_tokens": average_tokens(per_layer),
-                    "llm_pruning_layers": list(self.state.layers),
+                    "llm_pruning_layers": list(self.layers),
                     # pruning layer -> the visual tokens entering it (LLM-input visual-token indices; -1 - i: merged)
-                    "llm_kept_indices": self._kept_indices(r),
-                    **self.state.config.trace_extras(self.state.geometry),
+                    "llm_kept_indices": self.kept_indices(r),
+                    **self.extras,
                 }
             )
-        self.state.last_trace = traces
-        if self.cache is not None and self.segments:
-            self.state.prefills[self.cache] = _Prefill(self.prompt_length, self.batch_size, self.segments)
-        elif self.cache is not None:
-            self.state.prefills.pop(self.cache, None)
+        return traces
 
 
 def _check_keep(keep: Any, num_visual: int, method: str) -> torch.Tensor:
+    """``keep`` as long indices; distinct and in range is checked on the device without waiting for it (an error
+    surfaces at the next synchronisation), so that the shapes that follow are known on the host."""
     if not isinstance(keep, torch.Tensor) or keep.dim() != 1:
         raise RuntimeError(f"{method}: RowSelection.keep must be a 1-D index tensor")
     keep = keep.long()
-    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= num_visual):
-        raise RuntimeError(f"{method}: kept index out of range for {num_visual} visual tokens")
-    keep = torch.unique(keep)  # sorted, distinct
+    if keep.numel():
+        ordered = keep.sort().values
+        ok = (ordered[0] >= 0) & (ordered[-1] < num_visual) & (ordered.diff() > 0).all()
+        torch._assert_async(ok, f"{method}: kept indices must be distinct and within the {num_visual} visual tokens")
     return keep
 
 
@@ -859,15 +1056,20 @@ def _check_keep(keep: Any, num_visual: int, method: str) -> torch.Tensor:
 
 
 class _DecodeRun:
-    """A forward after the prefill: per-segment 2-D masks and shifted position ids; never re-prunes."""
+    """A forward after the prefill: per-segment 2-D masks and shifted position ids; never re-prunes.
 
-    def __init__(self, lm, record: _Prefill, attention_mask, positions: Positions, cache, past_seen: int):
+    ``past_seen`` is ``None`` for a :class:`StaticCache`, whose lengths live on the device: each layer writes at its
+    own length, so a pruned layer's slots are its kept prompt tokens, then the generated ones, and the layer-0
+    mask's part after the prompt is the generated tokens' part of every segment's mask.
+    """
+
+    def __init__(self, lm, record: _Prefill, attention_mask, positions: Positions, cache, past_seen: int | None):
         self.lm, self.record, self.cache = lm, record, cache
         self.attention_mask, self.positions, self.past_seen = attention_mask, positions, past_seen
         self.starts = {s.start: s for s in record.segments}
 
     @classmethod
-    def create(cls, lm, state: EngineState, attention_mask, positions: Positions, cache, past_seen: int):
+    def create(cls, lm, state: EngineState, attention_mask, positions: Positions, cache, past_seen: int | None):
         record = state.prefills.get(cache)  # the layout this cache was filled with (None: not pruned)
         if record is None:
             return None
@@ -889,18 +1091,21 @@ class _DecodeRun:
                 f"decode batch {b} does not match the pruned prefill batch {record.batch_size} (a cache is tied to "
                 "the prompts it was filled with)"
             )
-        extra = self.past_seen + q - record.prompt_length  # tokens after the prompt, this step's included
-        cached = self.cache.get_seq_length(layer)
-        if cached != seg.prompt_mask.shape[1] + extra - q:
-            raise RuntimeError(
-                f"layer {layer} caches {cached} tokens, expected {seg.prompt_mask.shape[1] + extra - q}: the cache does "
-                "not belong to the last pruned prefill"
-            )
-        if self.attention_mask is not None:
-            tail = self.attention_mask[:, record.prompt_length :].to(seg.prompt_mask.dtype)
+        if self.past_seen is None:  # static cache: fixed shapes, whatever the prompt length
+            mask_2d = seg.static_mask(self.attention_mask, self.cache.layers[layer].max_cache_len)
         else:
-            tail = torch.ones(b, extra, dtype=seg.prompt_mask.dtype, device=hidden.device)
-        mask_2d = torch.cat([seg.prompt_mask, tail], dim=1)
+            extra = self.past_seen + q - record.prompt_length  # tokens after the prompt, this step's included
+            cached = self.cache.get_seq_length(layer)
+            if cached != seg.prompt_mask.shape[1] + extra - q:
+                raise RuntimeError(
+                    f"layer {layer} caches {cached} tokens, expected {seg.prompt_mask.shape[1] + extra - q}: the cache "
+                    "does not belong to the last pruned prefill"
+                )
+            if self.attention_mask is not None:
+                tail = self.attention_mask[:, record.prompt_length :].to(seg.prompt_mask.dtype)
+            else:
+                tail = torch.ones(b, extra, dtype=seg.prompt_mask.dtype, device=hidden.device)
+            mask_2d = torch.cat([seg.prompt_mask, tail], dim=1)
         positions = self.positions.expand(b, q).shifted(seg.shift)
         mask = create_causal_mask(
             config=self.lm.config,

@@ -400,7 +400,7 @@ def _get_image_features(
         self, pixel_values, state.layers, with_image_keys=state.config.needs_image_keys, **kwargs
     )
     feats, reduction = reduce_and_project(state.config, signals, self.multi_modal_projector)
-    traces = [reduction.trace(i) for i in range(len(feats))]
+    traces = reduction.traces()  # one device-to-host copy, after the reduce and the projection
     state.last_trace = traces
     return CompressedImageFeatures(
         last_hidden_state=out.last_hidden_state,

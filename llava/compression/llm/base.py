@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from llava.compression.pre_llm import check_choice, check_int
+from llava.compression.primitives import first_true
 from llava.compression.registry import CompressionConfigError, MethodConfig, ModelGeometry, option
 
 POSITION_MODES = ("original", "compact")
@@ -68,6 +69,9 @@ class PruneStep:
         orig_index: ``[B, T]`` long, index of each token in the LLM input (``-1`` for merged tokens).
         inputs_embeds: ``[B, T0, D]`` the LLM input embeddings.
         input_visual / input_prompt: ``[B, T0]`` bool masks of the LLM input.
+        visual_counts: per row, the number of current visual tokens, known on the host (from the layout of the
+            LLM input and the shapes of earlier selections) so that :meth:`visual_indices` needs no device sync;
+            ``None`` when the engine does not provide it.
     """
 
     layer: int
@@ -81,14 +85,19 @@ class PruneStep:
     inputs_embeds: torch.Tensor
     input_visual: torch.Tensor
     input_prompt: torch.Tensor
+    visual_counts: tuple[int, ...] | None = None
 
     @property
     def batch_size(self) -> int:
         return self.hidden.shape[0]
 
     def visual_indices(self, row: int) -> torch.Tensor:
-        """Ascending current indices of the row's (valid) visual tokens."""
-        return torch.nonzero(self.visual[row] & self.valid[row]).flatten()
+        """Ascending current indices of the row's (valid) visual tokens (without a device sync when
+        :attr:`visual_counts` is known)."""
+        mask = self.visual[row] & self.valid[row]
+        if self.visual_counts is None:
+            return torch.nonzero(mask).flatten()
+        return first_true(mask, self.visual_counts[row])
 
     def input_visual_count(self, row: int) -> int:
         """Visual tokens of the row at the LLM input (``N_v``)."""
@@ -132,7 +141,7 @@ class PruneStep:
     def keys(self, layer: int) -> torch.Tensor:
         """``[B, H_kv, T, d]`` post-RoPE keys of layer ``layer`` (``K-1`` or ``K``) for the current tokens.
 
-        Layer ``K-1``'s come from the ``DynamicCache`` at prefill (exactly what that layer attended with);
+        Layer ``K-1``'s come from the cache at prefill (exactly what that layer attended with);
         otherwise they are recomputed with the layer's ``input_layernorm`` / ``k_proj`` / RoPE.
         """
         raise NotImplementedError
@@ -151,6 +160,9 @@ class LLMPruningMethod(MethodConfig):
     """
 
     default_positions: ClassVar[str] = "original"
+    # why a transformers StaticCache cannot hold this method's pruned prefill (None: it can, because every row keeps
+    # a number of tokens fixed by the config and the row's visual-token count, so the shapes are known in advance)
+    static_cache_refusal: ClassVar[str | None] = "it decides per row from the data how many tokens it keeps"
 
     def prune_layers(self, geometry: ModelGeometry) -> tuple[int, ...]:
         """Strictly increasing layers ``K`` (each ``1 <= K <= L - 1``) before which tokens are dropped."""

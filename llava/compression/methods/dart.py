@@ -139,6 +139,9 @@ class DARTConfig(LLMPruningMethod):
     """Least-duplicated visual tokens w.r.t. key-norm pivots; dropped before layer ``K``."""
 
     name: ClassVar[str] = "dart"
+    static_cache_refusal: ClassVar[str | None] = (
+        "its kept count depends on how many text tokens follow the image (the text pivots come from the prompt)"
+    )
 
     dart_k: int = option(2, "--dart-k", "DART: drop visual tokens before this decoder layer (0-based, >= 1)")
     visual_token_num: int | None = budget_option()

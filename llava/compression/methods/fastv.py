@@ -65,6 +65,8 @@ class FastVConfig(LLMPruningMethod):
     """Top visual tokens by layer ``K-1``'s last-prompt-token attention; dropped before layer ``K``."""
 
     name: ClassVar[str] = "fastv"
+    # every row keeps a count fixed by the config and its visual-token count: the shapes are known in advance
+    static_cache_refusal: ClassVar[str | None] = None
 
     fastv_k: int = option(
         2, "--fastv-k", "FastV: drop visual tokens before this decoder layer (0-based, >= 1)"

@@ -632,6 +632,9 @@ class FiCoCoLConfig(LLMPruningMethod):
     """Filter / correlate / compress between decoder layers ``start .. L-1`` (in-LLM engine)."""
 
     name: ClassVar[str] = "ficoco-l"
+    static_cache_refusal: ClassVar[str | None] = (
+        "it inserts merged tokens at data-dependent places of each row at every merging layer"
+    )
 
     visual_token_num: int | None = option(None, "--visual-token-num", BUDGET_HELP, type=int)
     ficoco_r: int | None = _r_option()

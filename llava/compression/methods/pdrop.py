@@ -98,6 +98,8 @@ class PDropConfig(LLMPruningMethod):
     """Keep ``int(N_v lambda^s)`` visual tokens after stage ``s`` by the last prompt token's attention."""
 
     name: ClassVar[str] = "pdrop"
+    # every stage keeps a count fixed by the config and the row's visual-token count: the shapes are known in advance
+    static_cache_refusal: ClassVar[str | None] = None
     default_positions: ClassVar[str] = "compact"
 
     pdrop_layers: str = option(

@@ -162,6 +162,9 @@ class SparseVLMConfig(LLMPruningMethod):
     """SparseVLM v1.5: text-rater-guided drops at layers ``2, 6, 15`` with token recycling."""
 
     name: ClassVar[str] = "sparsevlm"
+    static_cache_refusal: ClassVar[str | None] = (
+        "it recycles a data-dependent number of merged tokens per row (raters and clusters come from the prompt)"
+    )
     default_positions: ClassVar[str] = "compact"
 
     sparsevlm_layers: str = option(
