@@ -136,3 +136,74 @@ def test_compressed_prefill_makes_no_host_sync(checkpoint_model, monkeypatch, me
         t["visual_tokens"] for t in trace
     ]
     assert counts == [64] * batch_size
+
+
+class CudaSyncGuard:
+    """On a GPU: ``torch.cuda.set_sync_debug_mode("error")`` from the first decoder layer's pre-hook of the prefill to
+    the logits (and around ``extra`` module functions), so any synchronising CUDA call there raises."""
+
+    def __init__(self, model, monkeypatch, extra: tuple[str, ...] = ()):
+        self.prefills = 0
+        lm = model.model.language_model
+        self._handles = [
+            lm.layers[0].register_forward_pre_hook(self._enter, prepend=True),
+            model.lm_head.register_forward_hook(self._exit),
+        ]
+        for name in extra:
+            monkeypatch.setattr(llava_family, name, self._guarded(getattr(llava_family, name)))
+
+    def _enter(self, module, args) -> None:
+        if self.prefills == 0:
+            torch.cuda.set_sync_debug_mode("error")
+        self.prefills += 1
+
+    def _exit(self, module, args, output) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+
+    def _guarded(self, function):
+        def wrapper(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+
+        return wrapper
+
+    def close(self) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+        for handle in self._handles:
+            handle.remove()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: CUDA's own sync detection")
+@pytest.mark.parametrize(
+    ("method", "extra"), [("fastv", ()), ("fastervlm", ("reduce_and_project",))], ids=["fastv@64", "fastervlm@64"]
+)
+@pytest.mark.parametrize("batch_size", [1, 2], ids=["batch1", "batch2-left-padded"])
+@torch.inference_mode()
+def test_compressed_prefill_makes_no_cuda_sync(monkeypatch, method, extra, batch_size):
+    """The same hot path on a GPU, checked by CUDA itself (``set_sync_debug_mode("error")``)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from llava.model.tiny import build_llava_config, build_tiny_state_dict
+
+    config = build_llava_config()
+    model = LlavaForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    model.load_state_dict(build_tiny_state_dict(0))
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.eos_token_id = None
+    model = model.eval().to("cuda")
+    inputs = {k: v.to("cuda") for k, v in checkpoint_inputs(model, batch_size).items()}
+    vtc.apply(model, method, visual_token_num=64)
+    guard = CudaSyncGuard(model, monkeypatch, extra)
+    try:
+        out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    finally:
+        guard.close()
+    assert guard.prefills == 2
+    trace = getattr(out, "llm_compression_trace", None) or getattr(out, "compression_trace", None)
+    counts = [t["visual_tokens_per_layer"][-1] for t in trace] if method == "fastv" else [
+        t["visual_tokens"] for t in trace
+    ]
+    assert counts == [64] * batch_size
