@@ -39,6 +39,9 @@ def _is_sync(func, args, kwargs) -> bool:
     if func is torch.Tensor.__getitem__:  # boolean-mask indexing: a data-dependent output size
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
         return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in index)
+    if func is torch.Tensor.__setitem__:  # a Python value written through a tensor index: copied from pageable
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)  # host memory (CUDA waits; found on an H100)
+        return any(isinstance(i, torch.Tensor) for i in index) and not isinstance(args[2], torch.Tensor)
     if func in (torch.repeat_interleave, torch.Tensor.repeat_interleave):
         repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
         return isinstance(repeats, torch.Tensor) and repeats.numel() > 1 and kwargs.get("output_size") is None

@@ -857,7 +857,7 @@ class _PrefillRun:
                 continue
             keep = _check_keep(sel.keep, vis.numel(), self.state.config.name).to(dev)
             keep_mask = self.valid[r] & ~self.visual[r]
-            keep_mask[vis[keep]] = True
+            keep_mask.index_fill_(0, vis[keep], True)  # not `[...] = True`: a host value copied in, a CUDA sync
             kept = first_true(keep_mask, self.valid_counts[r] - vis.numel() + keep.numel())
             kept_sets.append(kept)
             m = 0 if sel.merged is None else sel.merged.shape[0]
@@ -895,7 +895,7 @@ class _PrefillRun:
             fill = new_t - n
             if fill:
                 unused = torch.ones(t, dtype=torch.bool, device=dev)
-                unused[kept_sets[r]] = False
+                unused.index_fill_(0, kept_sets[r], False)
                 filler = first_true(unused, min(fill, t - kept_sets[r].numel()))
                 if (
                     filler.numel() < fill
