@@ -86,17 +86,22 @@ def test_data_dependent_methods_refuse_a_static_cache(checkpoint_model, method, 
         checkpoint_model.generate(**inputs, cache_implementation="static", **GEN)
 
 
-@pytest.mark.skipif(
-    os.environ.get("VTC_TEST_COMPILE") != "1",
-    reason="torch.compile of decode takes minutes on 2 CPU cores: run with VTC_TEST_COMPILE=1",
+INDUCTOR = pytest.param(
+    "inductor", marks=pytest.mark.skipif(
+        os.environ.get("VTC_TEST_COMPILE") != "1",
+        reason="inductor code generation of decode takes minutes on 2 CPU cores: run with VTC_TEST_COMPILE=1",
+    ),
 )
+
+
+@pytest.mark.parametrize("backend", ["eager", INDUCTOR])  # eager: dynamo's graph capture of the step, no codegen
 @pytest.mark.parametrize("method", ["fastervlm", "fastv"], ids=["fastervlm@64", "fastv@64"])
 @torch.inference_mode()
-def test_compiled_static_decode_equals_dynamic(checkpoint_model, method):
+def test_compiled_static_decode_equals_dynamic(checkpoint_model, method, backend):
     inputs = checkpoint_inputs(checkpoint_model, 2)
     vtc.apply(checkpoint_model, method, visual_token_num=64)
     dynamic = checkpoint_model.generate(**inputs, **GEN)
-    config = CompileConfig(mode="default", dynamic=False)
+    config = CompileConfig(mode="default", dynamic=False, backend=backend)
     config._compile_all_devices = True  # transformers compiles decode by itself only on accelerators
     try:
         compiled = checkpoint_model.generate(**inputs, cache_implementation="static", compile_config=config, **GEN)
