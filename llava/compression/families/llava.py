@@ -34,7 +34,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from llava.compression.families import register_family
+from llava.compression.families import instance_state, register_family
 from llava.compression.families.contract import Family
 from llava.compression.placeholders import find_image_spans, restore_prompts, shrink_placeholder_runs
 from llava.compression.pre_llm import PreLLMMethod, Reduction, VisionSignals
@@ -165,40 +165,19 @@ def apply(model: LlavaForConditionalGeneration, method: str | MethodConfig, **me
 
 def remove(model: Any) -> Any:
     """Undo :func:`apply` on ``model`` (no-op when nothing is applied); returns ``model``."""
-    from llava.compression.families import decoder_pruning  # in-LLM methods (Stage.LLM)
-
-    decoder_pruning.remove(model)
-    base = getattr(model, "model", None)
-    state = base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
-    if state is None:
-        return model
-    for name, (owner, previous) in state.saved.items():
-        owner.__dict__.pop(name, None)
-        if previous is not None:
-            owner.__dict__[name] = previous
-    del base.__dict__[STATE_ATTR]
-    return model
+    return instance_state.remove(model, STATE_ATTR)
 
 
 def applied_config(model: Any) -> MethodConfig:
     """The config applied to ``model`` (``NoCompression`` when none)."""
-    from llava.compression.families import decoder_pruning  # in-LLM methods (Stage.LLM)
-
-    state = _state_of(model)  # vision-side state first: FiCoCo-VL's LLM stage is a sub-config of it
-    if state is not None:
-        return state.config
-    llm_config = decoder_pruning.applied_config(model)
-    return NoCompression() if llm_config is None else llm_config
+    return instance_state.applied_config(model, STATE_ATTR)
 
 
 def last_trace(model: Any) -> list[dict[str, Any]] | None:
     """Traces of the last call on ``model``: per image for a method acting on the vision side (the encoder's part
     of FiCoCo-VL included), per batch row of the last prefill for an in-LLM method; ``None`` before any call or
     without a method."""
-    from llava.compression.families import decoder_pruning  # in-LLM methods (Stage.LLM)
-
-    state = _state_of(model)
-    return decoder_pruning.last_trace(model) if state is None else state.last_trace
+    return instance_state.last_trace(model, STATE_ATTR)
 
 
 def prepare_multimodal_inputs(
@@ -249,8 +228,7 @@ def _build_config(model: Any, method: str | MethodConfig, kwargs: dict[str, Any]
 
 
 def _state_of(model: Any) -> _State | None:
-    base = getattr(model, "model", model)
-    return base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
+    return instance_state.state_of(model, STATE_ATTR)
 
 
 def _pad_id(model: Any, pad_token_id: int | None) -> int:

@@ -32,7 +32,7 @@ import torch
 from transformers import LlavaNextForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from llava.compression.families import register_family
+from llava.compression.families import instance_state, register_family
 from llava.compression.families.anyres import (
     ANYRES,
     FIXED_672,
@@ -216,41 +216,20 @@ def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None
 
 def remove(model: Any) -> Any:
     """Undo :func:`apply` (no-op when nothing is applied; the grid mode stays); returns ``model``."""
-    from llava.compression.families import decoder_pruning
-
-    decoder_pruning.remove(model)
-    state = _state_of(model)
-    if state is None:
-        return model
-    for name, (owner, previous) in state.saved.items():
-        owner.__dict__.pop(name, None)
-        if previous is not None:
-            owner.__dict__[name] = previous
-    del model.model.__dict__[STATE_ATTR]
-    return model
+    return instance_state.remove(model, STATE_ATTR)
 
 
 def applied_config(model: Any) -> MethodConfig:
-    from llava.compression.families import decoder_pruning
-
-    state = _state_of(model)
-    if state is not None:
-        return state.config
-    llm_config = decoder_pruning.applied_config(model)
-    return NoCompression() if llm_config is None else llm_config
+    return instance_state.applied_config(model, STATE_ATTR)
 
 
 def last_trace(model: Any) -> list[dict[str, Any]] | None:
     """Per image for a pre-LLM method (each with ``crops``: one trace per crop), per batch row for an in-LLM one."""
-    from llava.compression.families import decoder_pruning
-
-    state = _state_of(model)
-    return decoder_pruning.last_trace(model) if state is None else state.last_trace
+    return instance_state.last_trace(model, STATE_ATTR)
 
 
 def _state_of(model: Any) -> _State | None:
-    base = getattr(model, "model", model)
-    return base.__dict__.get(STATE_ATTR) if isinstance(base, torch.nn.Module) else None
+    return instance_state.state_of(model, STATE_ATTR)
 
 
 def prepare_multimodal_inputs(
