@@ -484,7 +484,8 @@ class LlavaNextFamily(Family):
         if Stage.VISION_ENCODER in spec.stages and len(spec.stages) > 1:
             return (
                 f"method {spec.name!r} acts at stages {[s.value for s in spec.stages]}; on LLaVA-NeXT in-encoder "
-                "merging runs alone per crop (an in-encoder + in-LLM method is not integrated yet)"
+                "merging runs alone per crop (FiCoCo publishes no NeXT setting for its combined stages; use ficoco-v or "
+                "ficoco-l, docs/methods.md)"
             )
         return super().refusal(spec)
 
