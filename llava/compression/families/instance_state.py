@@ -10,6 +10,8 @@ in-LLM engine's (``decoder_pruning``) as the fallback. Nothing is patched on a c
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -21,6 +23,21 @@ def state_of(model: Any, attr: str) -> Any | None:
     """The state stored under ``attr`` on ``model``'s inner model (``model.model``), or ``None``."""
     base = getattr(model, "model", model)
     return base.__dict__.get(attr) if isinstance(base, torch.nn.Module) else None
+
+
+def install(model: Any, attr: str, make_state: Callable[[dict], Any], get_image_features: Callable,
+            generate: Callable) -> Any:
+    """Wrap this instance's ``model.model.get_image_features`` and ``model.generate`` and store
+    ``make_state(saved)`` under ``attr`` (``saved``: what :func:`remove` restores); returns ``model``."""
+    base = model.model
+    saved = {
+        "get_image_features": (base, base.__dict__.get("get_image_features")),
+        "generate": (model, model.__dict__.get("generate")),
+    }
+    base.__dict__[attr] = make_state(saved)
+    base.get_image_features = types.MethodType(get_image_features, base)
+    model.generate = types.MethodType(generate, model)
+    return model
 
 
 def remove(model: Any, attr: str) -> Any:

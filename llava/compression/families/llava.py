@@ -151,16 +151,11 @@ def apply(model: LlavaForConditionalGeneration, method: str | MethodConfig, **me
     geometry = model_geometry(model)
     layers = tuple(sorted(set(config.probe_layers(geometry))))
     remove(model)
-    base = model.model
-    saved = {
-        "get_image_features": (base, base.__dict__.get("get_image_features")),
-        "generate": (model, model.__dict__.get("generate")),
-    }
-    state = _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved)
-    base.__dict__[STATE_ATTR] = state
-    base.get_image_features = types.MethodType(_get_image_features, base)
-    model.generate = types.MethodType(_generate, model)
-    return model
+    return instance_state.install(
+        model, STATE_ATTR,
+        lambda saved: _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved),
+        _get_image_features, _generate,
+    )
 
 
 def remove(model: Any) -> Any:

@@ -201,17 +201,13 @@ def apply(model: Any, method: str | MethodConfig, budget_mode: str | None = None
     strategy = model.config.vision_feature_select_strategy
     if strategy != "default":
         raise CompressionConfigError(f"vision_feature_select_strategy={strategy!r}: only 'default' is supported")
-    base = model.model
-    saved = {
-        "get_image_features": (base, base.__dict__.get("get_image_features")),
-        "generate": (model, model.__dict__.get("generate")),
-    }
     layers = () if encoder_method is not None else tuple(sorted(set(config.probe_layers(geometry))))
-    base.__dict__[STATE_ATTR] = _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved,
-                                       budget_mode=budget_mode or PER_CROP, encoder_method=encoder_method)
-    base.get_image_features = types.MethodType(_get_image_features, base)
-    model.generate = types.MethodType(_generate, model)
-    return model
+    return instance_state.install(
+        model, STATE_ATTR,
+        lambda saved: _State(config=config, spec=spec, geometry=geometry, layers=layers, saved=saved,
+                             budget_mode=budget_mode or PER_CROP, encoder_method=encoder_method),
+        _get_image_features, _generate,
+    )
 
 
 def remove(model: Any) -> Any:

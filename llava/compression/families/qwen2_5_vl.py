@@ -169,15 +169,10 @@ def apply(model: Any, method: str | MethodConfig, **options: Any) -> Any:
         return decoder_pruning.apply(model, config, geometry)
     if spec.stages != (Stage.PRE_LLM,) or not isinstance(config, PreLLMMethod):
         raise CompressionConfigError(f"method {spec.name!r} is not integrated on {FAMILY_NAME}")
-    base = model.model
-    saved = {
-        "get_image_features": (base, base.__dict__.get("get_image_features")),
-        "generate": (model, model.__dict__.get("generate")),
-    }
-    base.__dict__[STATE_ATTR] = _State(config=config, spec=spec, geometry=geometry, saved=saved)
-    base.get_image_features = types.MethodType(_get_image_features, base)
-    model.generate = types.MethodType(_generate, model)
-    return model
+    return instance_state.install(
+        model, STATE_ATTR, lambda saved: _State(config=config, spec=spec, geometry=geometry, saved=saved),
+        _get_image_features, _generate,
+    )
 
 
 def remove(model: Any) -> Any:
