@@ -77,6 +77,23 @@ def build_generation_config(settings: GenerationSettings, tokenizer, suppress_to
     return GenerationConfig(**kwargs)
 
 
+def sample_results(tokenizer: Any, output: Any, prompt_length: int, traces: list[dict[str, Any]],
+                   save_kept_tokens: bool) -> list[SampleResult]:
+    """One :class:`SampleResult` per batch row of ``generate``'s ``output``: the text after the ``prompt_length``
+    prompt tokens, and the row's trace with the in-LLM method's (one dict per batch row on the result, per-layer
+    token counts) merged in; kept indices only with ``save_kept_tokens``."""
+    llm_traces = getattr(output, "llm_compression_trace", None)
+    if llm_traces:
+        traces = [dict(t, **extra) for t, extra in zip(traces, llm_traces)]
+    texts = tokenizer.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+    results = []
+    for text, trace in zip(texts, traces):
+        if not save_kept_tokens:
+            trace = {k: v for k, v in trace.items() if k not in KEPT_TOKEN_KEYS}
+        results.append(SampleResult(text.strip(), trace))
+    return results
+
+
 class LlavaGenerator:
     """Generates answers for batches of (message, pixel_values) pairs.
 
@@ -175,18 +192,7 @@ class LlavaGenerator:
             generation_config=self.generation_config(settings),
             **kwargs,
         )
-        # an in-LLM method puts one dict per batch row (per-layer token counts) on generate's result
-        llm_traces = getattr(output, "llm_compression_trace", None)
-        if llm_traces:
-            traces = [dict(t, **extra) for t, extra in zip(traces, llm_traces)]
-        new_tokens = output[:, input_ids.shape[1] :]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        results = []
-        for text, trace in zip(texts, traces):
-            if not self.save_kept_tokens:
-                trace = {k: v for k, v in trace.items() if k not in KEPT_TOKEN_KEYS}
-            results.append(SampleResult(text.strip(), trace))
-        return results
+        return sample_results(self.tokenizer, output, input_ids.shape[1], traces, self.save_kept_tokens)
 
 
 def pad_crops(crops: list[torch.Tensor]) -> torch.Tensor:

@@ -22,8 +22,13 @@ from typing import Any
 import torch
 
 from llava.compression.families import qwen2_5_vl as family
-from llava.compression.families.decoder_pruning import KEPT_TOKEN_KEYS
-from llava.eval.inference import GenerationSettings, SampleResult, build_generation_config, left_pad
+from llava.eval.inference import (
+    GenerationSettings,
+    SampleResult,
+    build_generation_config,
+    left_pad,
+    sample_results,
+)
 from llava.model.qwen2_5_vl import END_OF_TEXT, IMAGE_TOKEN, build_prompt
 
 CONV_MODE = "qwen2_5_vl"  # what answers record as their conversation mode
@@ -95,14 +100,5 @@ class QwenGenerator:
         for i, trace in zip(with_image, image_traces):
             traces[i] = {k: v for k, v in trace.items() if k != "row"}
             traces[i]["visual_tokens"] = int(kept[i])
-        llm_traces = getattr(output, "llm_compression_trace", None)
-        if llm_traces:
-            traces = [dict(t, **extra) for t, extra in zip(traces, llm_traces)]
-        new_tokens = output[:, prepared["input_ids"].shape[1]:]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        results = []
-        for text, trace in zip(texts, traces):
-            if not self.save_kept_tokens:
-                trace = {k: v for k, v in trace.items() if k not in KEPT_TOKEN_KEYS}
-            results.append(SampleResult(text.strip(), trace))
-        return results
+        return sample_results(self.tokenizer, output, prepared["input_ids"].shape[1], traces,
+                              self.save_kept_tokens)

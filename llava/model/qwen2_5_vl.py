@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from llava.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from llava.model.tiny import BENCHMARK_PROMPTS
 
 MODEL_TYPE = "qwen2_5_vl"
 FAMILY = "qwen2_5_vl"  # LoadedInfo.family / checkpoint_family value
@@ -80,16 +81,7 @@ class TinyQwenGeometry:
 
 TINY_QWEN = TinyQwenGeometry()
 
-_CORPUS = [
-    "Is there a dog in the image? Answer the question using a single word or phrase.",
-    "What is the color of the car? Answer with the option's letter from the given choices directly.",
-    "Describe this image in detail. How many people are there? What is written on the sign?",
-    "Please answer yes or no. Is this a photo of a cat? The answer is A. B. C. D. E.",
-    "Context: Options: Question: Which of these states is farthest north? a red circle, a blue square.",
-    "When the provided information is insufficient, respond with 'Unanswerable'.",
-    "0 1 2 3 4 5 6 7 8 9 10 yes no left right top bottom green yellow white black person table",
-    "system user assistant " + DEFAULT_SYSTEM,
-]
+_CORPUS = [*BENCHMARK_PROMPTS, "system user assistant " + DEFAULT_SYSTEM]
 
 
 def build_tiny_tokenizer(vocab_size: int = TINY_QWEN.base_vocab):

@@ -66,7 +66,8 @@ class TinyGeometry:
 TINY = TinyGeometry()
 CLIP_FOLDER_NAME = "clip-vit-tiny-patch14-336"
 
-_CORPUS = [
+# benchmark-style text every tiny tokenizer is trained on (this one's SentencePiece model, Qwen's byte-level BPE)
+BENCHMARK_PROMPTS = [
     "Is there a dog in the image? Answer the question using a single word or phrase.",
     "What is the color of the car? Answer with the option's letter from the given choices directly.",
     "Describe this image in detail. How many people are there? What is written on the sign?",
@@ -74,6 +75,10 @@ _CORPUS = [
     "Context: Options: Question: Which of these states is farthest north? a red circle, a blue square.",
     "When the provided information is insufficient, respond with 'Unanswerable'.",
     "0 1 2 3 4 5 6 7 8 9 10 yes no left right top bottom green yellow white black person table",
+]
+
+_CORPUS = [
+    *BENCHMARK_PROMPTS,
     # runs of spaces and indentation, so that whitespace-only pieces are learned (as LLaMA has them)
     "The image shows a cat.  It sits on a table.   Two or three spaces between sentences.",
     "    if the answer is yes:  return the letter",
